@@ -1,0 +1,51 @@
+"""flows: durable workflows for Python on PostgreSQL."""
+
+from flows.context import ActivityContext, WorkflowContext
+from flows.definitions import (
+    ActivityDefinition,
+    RetryPolicy,
+    WorkflowDefinition,
+    activity,
+    registered_activities,
+    registered_workflows,
+    workflow,
+)
+from flows.engine import DEFAULT_TENANT_ID, Engine, Execution, WorkflowStatus
+from flows.errors import (
+    ActivityFailed,
+    ConfigurationError,
+    DatabaseError,
+    FlowsError,
+    InvalidInput,
+    NonDeterminismError,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowNotRunning,
+)
+from flows.worker import Worker
+
+__all__ = [
+    "DEFAULT_TENANT_ID",
+    "ActivityContext",
+    "ActivityDefinition",
+    "ActivityFailed",
+    "ConfigurationError",
+    "DatabaseError",
+    "Engine",
+    "Execution",
+    "FlowsError",
+    "InvalidInput",
+    "NonDeterminismError",
+    "RetryPolicy",
+    "Worker",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowFailed",
+    "WorkflowNotFound",
+    "WorkflowNotRunning",
+    "WorkflowStatus",
+    "activity",
+    "registered_activities",
+    "registered_workflows",
+    "workflow",
+]

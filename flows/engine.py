@@ -1,0 +1,294 @@
+"""The client side: start, signal, query, await and cancel workflows.
+
+Callers always name a workflow by its base name; the engine derives the
+shard from the id. The connection pool opens on first use, so an Engine
+built before ``fork()`` is safe to use in the child.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+import uuid6
+
+from flows import codec, sharding, store
+from flows.definitions import WorkflowDefinition, _workflows
+from flows.errors import (
+    ConfigurationError,
+    InvalidInput,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowNotRunning,
+)
+
+log = logging.getLogger("flows.engine")
+
+DEFAULT_TENANT_ID = UUID(int=0)
+RESULT_RECHECK_SECONDS = 5.0  # a safety net under the NOTIFY that wakes result()
+ENDED = ("completed", "failed", "cancelled")
+
+
+class Execution(msgspec.Struct, frozen=True):
+    """A started workflow: use ``workflow_name`` (the base name) and
+    ``workflow_id`` in every later call."""
+
+    workflow_id: UUID
+    workflow_name: str
+    workflow_name_sharded: str
+    tenant_id: UUID
+    created: bool = True  # False when start() found the id already started
+
+
+class WorkflowStatus(msgspec.Struct, frozen=True):
+    """Where a workflow stands. ``waiting_for`` names what blocks it:
+    ``activity:<name>``, ``signal:<name>`` or ``timer``."""
+
+    id: UUID
+    tenant_id: UUID
+    name: str
+    version: int
+    status: str
+    error: str | None
+    output: Any
+    waiting_for: str | None
+    sequence_num: int
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+def parse_uuid(value: object, what: str = "workflow_id") -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{what} is not a UUID: {value!r}") from None
+
+
+def _tenant(tenant_id: object) -> UUID:
+    return DEFAULT_TENANT_ID if tenant_id is None else parse_uuid(tenant_id, "tenant_id")
+
+
+def _base_name(workflow: object) -> str:
+    name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"workflow name must be a non-empty string, got {name!r}")
+    return name
+
+
+@dataclass
+class _PoolHolder:
+    pid: int
+    pool: Any
+
+
+class Engine:
+    """Entry point of the client API, backed by a psycopg pool.
+
+    ``dsn_or_pool`` is a connection string or an open ``ConnectionPool``
+    whose connections were configured with ``flows.store.configure``."""
+
+    def __init__(self, dsn_or_pool: Any, shards: int | None = None, *, pool_size: int | None = None) -> None:
+        shards = int(os.environ.get("FLOWS_SHARDS", sharding.DEFAULT_SHARDS)) if shards is None else shards
+        if not isinstance(shards, int) or shards < 1:
+            raise ConfigurationError(f"shards must be a positive integer, got {shards!r}")
+        self.shards = shards
+        self.pool_size = pool_size or int(os.environ.get("FLOWS_POOL_SIZE", "10"))
+        self._lock = threading.Lock()
+        if isinstance(dsn_or_pool, str):
+            self.dsn = dsn_or_pool
+            self._holder: _PoolHolder | None = None
+        else:
+            self.dsn = dsn_or_pool.conninfo
+            self._holder = _PoolHolder(os.getpid(), dsn_or_pool)
+
+    # -- plumbing -----------------------------------------------------------
+
+    @property
+    def pool(self) -> Any:
+        holder = self._holder
+        if holder is None or holder.pid != os.getpid():  # never use a pool across fork()
+            with self._lock:
+                if self._holder is None or self._holder.pid != os.getpid():
+                    self._holder = _PoolHolder(os.getpid(), store.open_pool(self.dsn, max_size=self.pool_size))
+                holder = self._holder
+        return holder.pool
+
+    def close(self) -> None:
+        if self._holder is not None and self._holder.pid == os.getpid():
+            self._holder.pool.close()
+        self._holder = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations; safe to run from several processes at once."""
+        from flows import migrate
+
+        with store.wrapped():
+            return migrate.migrate(self.dsn)
+
+    def shard_of(self, workflow_name: str, workflow_id: UUID) -> str:
+        return sharding.sharded_name(workflow_name, workflow_id, self.shards)
+
+    def shard_names(self, workflow_name: str) -> list[str]:
+        return sharding.all_shard_names(workflow_name, self.shards)
+
+    # -- the API ------------------------------------------------------------
+
+    def start(
+        self,
+        workflow: WorkflowDefinition[Any, Any],
+        inp: Any = None,
+        *,
+        tenant_id: object = None,
+        workflow_id: object = None,
+        conn: Any = None,
+    ) -> Execution:
+        """Start ``workflow`` with ``inp``.
+
+        With ``conn`` (an open psycopg connection) the start is part of the
+        caller's transaction: committed or rolled back with the caller's own
+        writes. With ``workflow_id`` the start is idempotent: starting an id
+        that exists returns that execution (``created=False``)."""
+        if not isinstance(workflow, WorkflowDefinition):
+            raise InvalidInput(f"start() takes a @flows.workflow, not {workflow!r}")
+        data = codec.encode(inp)
+        codec.decode(data, workflow.input_type)  # refuse input the workflow could not read
+        wid = uuid6.uuid7() if workflow_id is None else parse_uuid(workflow_id)
+        tenant = _tenant(tenant_id)
+        shard = self.shard_of(workflow.name, wid)
+
+        def insert(c: Any) -> Execution:
+            with c.transaction():
+                created = store.insert_workflow(
+                    c, shard=shard, workflow_id=wid, tenant_id=tenant, version=workflow.version, input=data,
+                    event_id=uuid6.uuid7(), task_id=uuid6.uuid7(),
+                )
+                if not created:
+                    found = store.workflow_tenant_and_status(c, shard, wid, tenant)
+                    if found is None:
+                        raise InvalidInput(f"workflow_id {wid} is already used")
+            return Execution(wid, workflow.name, shard, tenant, created)
+
+        with store.wrapped():
+            if conn is not None:
+                return insert(conn)
+            with self.pool.connection() as c:
+                return insert(c)
+
+    def send_signal(
+        self, workflow_name: str, workflow_id: object, signal_name: str, payload: Any = None, *,
+        tenant_id: object = None,
+    ) -> UUID:
+        """Deliver signal ``signal_name`` to a running workflow; it is kept
+        until the workflow waits for it. Raises WorkflowNotFound, or
+        WorkflowNotRunning once the workflow has ended."""
+        name = _base_name(workflow_name)
+        wid = parse_uuid(workflow_id)
+        tenant = _tenant(tenant_id)
+        if not isinstance(signal_name, str) or not signal_name or len(signal_name) > 200:
+            raise InvalidInput(f"signal_name must be a non-empty string of <= 200 chars, got {signal_name!r}")
+        data = codec.encode(payload)
+        shard = self.shard_of(name, wid)
+        signal_id = uuid6.uuid7()
+        with store.wrapped(), self.pool.connection() as c, c.transaction():
+            found = store.workflow_tenant_and_status(c, shard, wid, tenant)
+            if found is None:
+                raise WorkflowNotFound(f"no workflow {name}/{wid}")
+            _, status, waiting_for = found
+            if status in ENDED:
+                raise WorkflowNotRunning(f"workflow {name}/{wid} is {status}; it takes no more signals")
+            store.insert_signal(
+                c, shard=shard, signal_id=signal_id, workflow_id=wid, tenant_id=tenant, name=signal_name,
+                payload=data,
+            )
+            if waiting_for == f"signal:{signal_name}":  # otherwise the next replay finds it
+                store.enqueue_workflow_task(c, shard, wid, tenant, uuid6.uuid7())
+        return signal_id
+
+    def _row(self, name: str, wid: UUID, tenant: UUID | None) -> store.WorkflowRow:
+        with store.wrapped(), self.pool.connection() as c:
+            row = store.get_workflow(c, self.shard_of(name, wid), wid, tenant)
+        if row is None:
+            raise WorkflowNotFound(f"no workflow {name}/{wid}")
+        return row
+
+    def query(self, workflow_name: str, workflow_id: object, *, tenant_id: object = None) -> WorkflowStatus:
+        """The workflow's current status (``WorkflowNotFound`` if this tenant has no such workflow)."""
+        name = _base_name(workflow_name)
+        return self._status(name, self._row(name, parse_uuid(workflow_id), _tenant(tenant_id)))
+
+    def _status(self, name: str, row: store.WorkflowRow) -> WorkflowStatus:
+        definition = _workflows.get(name)
+        output_type = definition.output_type if definition is not None else Any
+        output = None
+        if row.output is not None:
+            try:
+                output = codec.decode(row.output, output_type)
+            except InvalidInput:  # the code changed shape since: give the raw JSON
+                output = codec.decode(row.output)
+        return WorkflowStatus(
+            row.id, row.tenant_id, row.name, row.version, row.status, row.error, output, row.waiting_for,
+            row.sequence_num, row.created_at, row.updated_at, row.completed_at,
+        )
+
+    def result(
+        self, workflow_name: str, workflow_id: object, *, timeout: float | None = None, tenant_id: object = None
+    ) -> Any:
+        """Block until the workflow ends; return its output, or raise
+        WorkflowFailed (failed or cancelled), or TimeoutError after ``timeout`` s."""
+        name = _base_name(workflow_name)
+        wid = parse_uuid(workflow_id)
+        tenant = _tenant(tenant_id)
+        shard = self.shard_of(name, wid)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with store.wrapped(), store.connect(self.dsn, autocommit=True) as listen:
+            store.listen(listen, [sharding.channel(shard, "flows-done")])
+            while True:
+                row = store.get_workflow(listen, shard, wid, tenant)
+                if row is None:
+                    raise WorkflowNotFound(f"no workflow {name}/{wid}")
+                if row.status in ENDED:
+                    status = self._status(name, row)
+                    if row.status == "completed":
+                        return status.output
+                    raise WorkflowFailed(wid, row.status, row.error)
+                wait = RESULT_RECHECK_SECONDS
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise TimeoutError(f"workflow {name}/{wid} still {row.status} after {timeout}s")
+                for _ in listen.notifies(timeout=wait, stop_after=1):
+                    pass
+
+    def cancel(self, workflow_name: str, workflow_id: object, *, tenant_id: object = None) -> bool:
+        """Cancel a running workflow: it ends as ``cancelled`` and its pending
+        work is dropped (an activity attempt in flight finishes unrecorded).
+        False if it had already ended."""
+        name = _base_name(workflow_name)
+        wid = parse_uuid(workflow_id)
+        tenant = _tenant(tenant_id)
+        shard = self.shard_of(name, wid)
+        with store.wrapped(), self.pool.connection() as c, c.transaction():
+            found = store.workflow_tenant_and_status(c, shard, wid, tenant, lock="UPDATE")
+            if found is None:
+                raise WorkflowNotFound(f"no workflow {name}/{wid}")
+            if found[1] in ENDED:
+                return False
+            store.cancel_workflow(c, shard, wid, found[0], uuid6.uuid7())
+        return True
+

@@ -1,0 +1,63 @@
+"""The exception hierarchy: one root for everything the library raises.
+
+Internal control flow (suspending a replay) derives from BaseException so that
+user code's ``except Exception`` cannot swallow it.
+"""
+
+from __future__ import annotations
+
+
+class FlowsError(Exception):
+    """Root of every error the library raises on purpose."""
+
+
+class ConfigurationError(FlowsError):
+    """A setting or a definition is wrong (bad shard count, duplicate name...)."""
+
+
+class InvalidInput(FlowsError):
+    """An argument cannot be used: not JSON-serialisable, wrong type, bad id."""
+
+
+class WorkflowNotFound(FlowsError):
+    """No workflow with that name and id is visible to this tenant."""
+
+
+class WorkflowNotRunning(FlowsError):
+    """The workflow has already ended; it takes no more signals."""
+
+
+class WorkflowFailed(FlowsError):
+    """The workflow ended in failure (or was cancelled); ``error`` says why."""
+
+    def __init__(self, workflow_id: object, status: str, error: str | None) -> None:
+        super().__init__(f"workflow {workflow_id} {status}: {error}")
+        self.workflow_id = workflow_id
+        self.status = status
+        self.error = error
+
+
+class NonDeterminismError(FlowsError):
+    """Workflow code took another path on replay than the one recorded."""
+
+
+class ActivityFailed(FlowsError):
+    """An activity failed on its last attempt; raised inside the workflow."""
+
+    def __init__(self, activity: str, error: str, attempts: int) -> None:
+        super().__init__(f"activity {activity} failed after {attempts} attempt(s): {error}")
+        self.activity = activity
+        self.error = error
+        self.attempts = attempts
+
+
+class DatabaseError(FlowsError):
+    """The database refused or lost a statement (wraps psycopg.Error)."""
+
+
+class Suspend(BaseException):
+    """Internal: the workflow cannot go further until something happens."""
+
+    def __init__(self, waiting_for: str) -> None:
+        super().__init__(waiting_for)
+        self.waiting_for = waiting_for

@@ -1,0 +1,148 @@
+"""What ``history_events`` holds: one frozen Struct per event type, and the
+fold of a workflow's events into the steps a replay checks against.
+
+Every field added later needs a default, so old rows still decode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable
+from uuid import UUID
+
+import msgspec
+
+
+class WorkflowStarted(msgspec.Struct, frozen=True):
+    version: int = 1
+
+
+class ActivityScheduled(msgspec.Struct, frozen=True):
+    name: str
+    activity_id: UUID
+    input: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class ActivityRetrying(msgspec.Struct, frozen=True):
+    name: str
+    attempt: int
+    error: str
+    retry_in_seconds: float
+
+
+class ActivityCompleted(msgspec.Struct, frozen=True):
+    name: str
+    output: msgspec.Raw = msgspec.Raw(b"null")
+    attempt: int = 0
+
+
+class ActivityFailed(msgspec.Struct, frozen=True):
+    name: str
+    error: str
+    attempts: int = 1
+
+
+class SignalReceived(msgspec.Struct, frozen=True):
+    signal_name: str
+    signal_id: UUID
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class TimerStarted(msgspec.Struct, frozen=True):
+    timer_id: UUID
+    fire_at: datetime
+    seconds: float
+
+
+class TimerFired(msgspec.Struct, frozen=True):
+    timer_id: UUID
+
+
+class RandomGenerated(msgspec.Struct, frozen=True):
+    random_bytes: list[int]
+    num_bytes: int
+
+
+class TimeRecorded(msgspec.Struct, frozen=True):
+    now: datetime
+
+
+class UuidGenerated(msgspec.Struct, frozen=True):
+    uuid: UUID
+
+
+class WorkflowCompleted(msgspec.Struct, frozen=True):
+    output: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class WorkflowFailed(msgspec.Struct, frozen=True):
+    error: str
+
+
+class WorkflowCancelled(msgspec.Struct, frozen=True):
+    reason: str = "cancelled"
+
+
+EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
+    "workflow_started": WorkflowStarted,
+    "activity_scheduled": ActivityScheduled,
+    "activity_retrying": ActivityRetrying,
+    "activity_completed": ActivityCompleted,
+    "activity_failed": ActivityFailed,
+    "signal_received": SignalReceived,
+    "timer_started": TimerStarted,
+    "timer_fired": TimerFired,
+    "random_generated": RandomGenerated,
+    "time_recorded": TimeRecorded,
+    "uuid_generated": UuidGenerated,
+    "workflow_completed": WorkflowCompleted,
+    "workflow_failed": WorkflowFailed,
+    "workflow_cancelled": WorkflowCancelled,
+}
+EVENT_NAMES: dict[type[msgspec.Struct], str] = {v: k for k, v in EVENT_TYPES.items()}
+_decoders = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()}
+
+
+def event_type(event: msgspec.Struct) -> str:
+    return EVENT_NAMES[type(event)]
+
+
+def decode_event(kind: str, data: bytes) -> msgspec.Struct:
+    return _decoders[kind].decode(data)
+
+
+@dataclass
+class Step:
+    """One sequence number as recorded: its kind and name (checked on replay),
+    whether it is resolved, and its result."""
+
+    kind: str
+    name: str
+    done: bool = False
+    value: Any = None  # the resolving event (or the recording one for instant steps)
+
+
+_OPENERS = {
+    ActivityScheduled: lambda e: Step("activity", e.name),
+    SignalReceived: lambda e: Step("signal", e.signal_name, True, e),
+    TimerStarted: lambda e: Step("timer", ""),
+    RandomGenerated: lambda e: Step("random", "", True, e),
+    TimeRecorded: lambda e: Step("time", "", True, e),
+    UuidGenerated: lambda e: Step("uuid", "", True, e),
+}
+_RESOLVERS = (ActivityCompleted, ActivityFailed, TimerFired)
+
+
+def fold_steps(rows: Iterable[tuple[int, str, bytes]]) -> dict[int, Step]:
+    """Fold ``(sequence_num, event_type, event_data)`` rows, in order, into steps."""
+    steps: dict[int, Step] = {}
+    for seq, kind, data in rows:
+        event = decode_event(kind, data)
+        opener = _OPENERS.get(type(event))
+        if opener is not None:
+            steps[seq] = opener(event)
+        elif isinstance(event, _RESOLVERS) and seq in steps:
+            steps[seq].done = True
+            steps[seq].value = event
+    return steps

@@ -1,0 +1,519 @@
+"""Every SQL statement the library runs, one named function each.
+
+Each statement filters by the shard key (``workflows.name`` or
+``workflow_name``), which keeps one workflow's rows on one node under Citus.
+psycopg errors are wrapped here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable, Iterator
+from uuid import UUID
+
+import msgspec
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg.rows import tuple_row
+from psycopg_pool import ConnectionPool
+
+from flows import codec, history, sharding
+from flows.codec import Json
+from flows.errors import DatabaseError
+
+log = logging.getLogger("flows.store")
+
+Conn = psycopg.Connection[Any]
+
+# Connection-class errors (SQLSTATE 08), shutdowns and the like: worth a retry
+# once the database is back, never a reason to fail a workflow.
+TRANSIENT_ERRORS = (
+    psycopg.OperationalError,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+)
+
+psycopg.adapters.register_dumper(Json, codec._JsonbBytesDumper)  # our own type only
+
+
+def configure(conn: Conn) -> None:
+    codec.register_adapters(conn)
+
+
+def connect(dsn: str, *, autocommit: bool = False) -> Conn:
+    conn = psycopg.connect(dsn, autocommit=autocommit)
+    configure(conn)
+    return conn
+
+
+def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "flows") -> ConnectionPool:
+    """A pool whose connections read jsonb as raw bytes. Open it after fork()."""
+    pool = ConnectionPool(
+        dsn, min_size=min_size, max_size=max_size, configure=configure, name=name, open=False, timeout=30.0
+    )
+    pool.open(wait=False)
+    return pool
+
+
+@contextmanager
+def wrapped() -> Iterator[None]:
+    """Raise psycopg errors as DatabaseError (keeping the original as cause)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def notify(conn: Conn, shards: Iterable[str], kind: str = "flows") -> None:
+    """Wake the listeners of each shard when this transaction commits.
+
+    PostgreSQL folds identical notifications of one transaction, and a
+    transaction holding one takes a global lock at commit: send few."""
+    for shard in set(shards):
+        conn.execute("SELECT pg_notify(%s, '')", (sharding.channel(shard, kind),))
+
+
+def listen(conn: Conn, channels: Iterable[str]) -> None:
+    """LISTEN on each channel (``conn`` must be in autocommit mode)."""
+    for name in channels:
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
+
+
+# -- rows ------------------------------------------------------------------
+
+
+class WorkflowRow(msgspec.Struct):
+    name: str
+    id: UUID
+    tenant_id: UUID
+    version: int
+    status: str
+    input: bytes | None
+    output: bytes | None
+    error: str | None
+    sequence_num: int
+    waiting_for: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+_WORKFLOW_COLUMNS = (
+    "name, id, tenant_id, version, status, input, output, error, sequence_num,"
+    " waiting_for, created_at, updated_at, completed_at"
+)
+
+
+def _workflow(row: tuple[Any, ...] | None) -> WorkflowRow | None:
+    return None if row is None else WorkflowRow(*row)
+
+
+@dataclass(frozen=True)
+class WorkflowTask:
+    """A claimed workflow or timer task, with the workflow row locked."""
+
+    task_id: UUID
+    task_type: str
+    target_id: UUID | None
+    workflow: WorkflowRow
+    db_now: datetime
+
+
+@dataclass(frozen=True)
+class ActivityTask:
+    """A leased activity task and what its attempt needs to run."""
+
+    shard: str
+    task_id: UUID
+    workflow_id: UUID
+    tenant_id: UUID
+    activity_id: UUID
+    name: str
+    sequence_num: int
+    input: bytes | None
+    attempt: int
+
+
+# -- starting, signalling, reading (the client side) ------------------------
+
+
+def insert_workflow(
+    conn: Conn, *, shard: str, workflow_id: UUID, tenant_id: UUID, version: int, input: bytes, event_id: UUID,
+    task_id: UUID,
+) -> bool:
+    """Create a running workflow, its start event and its first task; False
+    (and nothing written) if the id exists already."""
+    cur = conn.execute(
+        "INSERT INTO workflows (name, id, tenant_id, version, status, input)"
+        " VALUES (%s, %s, %s, %s, 'running', %s) ON CONFLICT (name, id) DO NOTHING RETURNING id",
+        (shard, workflow_id, tenant_id, version, Json(input)),
+    )
+    if cur.fetchone() is None:
+        return False
+    insert_event(conn, shard, workflow_id, tenant_id, 0, history.WorkflowStarted(version), event_id)
+    enqueue_workflow_task(conn, shard, workflow_id, tenant_id, task_id)
+    return True
+
+
+def get_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID | None) -> WorkflowRow | None:
+    """The workflow row, or None if absent or another tenant's (None = any tenant)."""
+    cur = conn.cursor(row_factory=tuple_row)
+    return _workflow(
+        cur.execute(
+            f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE name = %s AND id = %s"
+            " AND (%s::uuid IS NULL OR tenant_id = %s::uuid)",
+            (shard, workflow_id, tenant_id, tenant_id),
+        ).fetchone()
+    )
+
+
+def workflow_tenant_and_status(
+    conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID | None, *, lock: str = "SHARE"
+) -> tuple[UUID, str, str | None] | None:
+    """Lock the workflow row (``SHARE`` waits for a replay in progress) and
+    return (tenant_id, status, waiting_for)."""
+    assert lock in ("SHARE", "UPDATE")
+    row = conn.execute(
+        "SELECT tenant_id, status, waiting_for FROM workflows WHERE name = %s AND id = %s"
+        f" AND (%s::uuid IS NULL OR tenant_id = %s::uuid) FOR {lock}",
+        (shard, workflow_id, tenant_id, tenant_id),
+    ).fetchone()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def insert_signal(
+    conn: Conn, *, shard: str, signal_id: UUID, workflow_id: UUID, tenant_id: UUID, name: str, payload: bytes
+) -> None:
+    conn.execute(
+        "INSERT INTO signals (workflow_name, id, workflow_id, tenant_id, signal_name, payload)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (shard, signal_id, workflow_id, tenant_id, name, Json(payload)),
+    )
+
+
+def enqueue_workflow_task(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, task_id: UUID) -> None:
+    """Ask for a replay; a no-op when one is already pending."""
+    conn.execute(
+        "INSERT INTO task_queue (workflow_name, id, workflow_id, tenant_id, task_type)"
+        " VALUES (%s, %s, %s, %s, 'workflow')"
+        " ON CONFLICT (workflow_name, workflow_id) WHERE task_type = 'workflow' DO NOTHING",
+        (shard, task_id, workflow_id, tenant_id),
+    )
+    notify(conn, [shard])
+
+
+def cancel_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, event_id: UUID) -> None:
+    """End a locked, running workflow as cancelled and drop its pending work."""
+    row = conn.execute(
+        "UPDATE workflows SET status = 'cancelled', error = 'cancelled', waiting_for = NULL,"
+        " sequence_num = sequence_num + 1, updated_at = now(), completed_at = now()"
+        " WHERE name = %s AND id = %s RETURNING sequence_num",
+        (shard, workflow_id),
+    ).fetchone()
+    assert row is not None
+    conn.execute("DELETE FROM task_queue WHERE workflow_name = %s AND workflow_id = %s", (shard, workflow_id))
+    conn.execute(
+        "UPDATE activities SET status = 'cancelled', updated_at = now()"
+        " WHERE workflow_name = %s AND workflow_id = %s AND status IN ('scheduled', 'running')",
+        (shard, workflow_id),
+    )
+    insert_event(conn, shard, workflow_id, tenant_id, row[0], history.WorkflowCancelled(), event_id)
+    notify(conn, [shard], kind="flows-done")
+
+
+# -- the worker side ----------------------------------------------------------
+
+
+def claim_workflow_task(conn: Conn, shards: list[str]) -> WorkflowTask | None:
+    """Claim one due workflow or timer task and lock its workflow row, both
+    skipping rows another transaction holds: two replays of one workflow
+    never overlap, and a claim never waits."""
+    row = conn.execute(
+        "SELECT t.id, t.task_type, t.target_id, now(),"
+        " w.name, w.id, w.tenant_id, w.version, w.status, w.input, w.output, w.error, w.sequence_num,"
+        " w.waiting_for, w.created_at, w.updated_at, w.completed_at"
+        " FROM task_queue t JOIN workflows w ON w.name = t.workflow_name AND w.id = t.workflow_id"
+        " WHERE t.workflow_name = ANY(%s) AND t.task_type IN ('workflow', 'timer')"
+        " AND t.visibility_timeout <= now()"
+        " ORDER BY t.visibility_timeout LIMIT 1"
+        " FOR UPDATE OF t, w SKIP LOCKED",
+        (shards,),
+    ).fetchone()
+    if row is None:
+        return None
+    return WorkflowTask(row[0], row[1], row[2], WorkflowRow(*row[4:]), row[3])
+
+
+def lock_workflow(conn: Conn, shard: str, workflow_id: UUID) -> tuple[WorkflowRow, datetime] | None:
+    """Lock the workflow row for a replay (waiting for one in progress)."""
+    row = conn.execute(
+        f"SELECT {_WORKFLOW_COLUMNS}, now() FROM workflows WHERE name = %s AND id = %s FOR UPDATE",
+        (shard, workflow_id),
+    ).fetchone()
+    return None if row is None else (WorkflowRow(*row[:-1]), row[-1])
+
+
+def delete_task(conn: Conn, shard: str, task_id: UUID) -> None:
+    conn.execute("DELETE FROM task_queue WHERE workflow_name = %s AND id = %s", (shard, task_id))
+
+
+def fire_timer(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, timer_id: UUID, event_id: UUID) -> None:
+    row = conn.execute(
+        "UPDATE timers SET fired = true, fired_at = now()"
+        " WHERE workflow_name = %s AND id = %s AND NOT fired RETURNING sequence_num",
+        (shard, timer_id),
+    ).fetchone()
+    if row is not None:
+        insert_event(conn, shard, workflow_id, tenant_id, row[0], history.TimerFired(timer_id), event_id)
+
+
+def load_replay_state(
+    conn: Conn, shard: str, workflow_id: UUID
+) -> tuple[list[tuple[int, str, bytes]], list[tuple[UUID, str, bytes]]]:
+    """The workflow's events in order, and its unconsumed signals oldest first."""
+    with conn.pipeline():
+        events = conn.execute(
+            "SELECT sequence_num, event_type, event_data FROM history_events"
+            " WHERE workflow_name = %s AND workflow_id = %s ORDER BY sequence_num, created_at, id",
+            (shard, workflow_id),
+        )
+        signals = conn.execute(
+            "SELECT id, signal_name, payload FROM signals"
+            " WHERE workflow_name = %s AND workflow_id = %s AND NOT consumed ORDER BY created_at, id",
+            (shard, workflow_id),
+        )
+    return events.fetchall(), signals.fetchall()
+
+
+def insert_event(
+    conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, seq: int, event: msgspec.Struct, event_id: UUID
+) -> None:
+    conn.execute(
+        "INSERT INTO history_events (workflow_name, id, workflow_id, tenant_id, sequence_num, event_type, event_data)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (shard, event_id, workflow_id, tenant_id, seq, history.event_type(event), Json(codec.encode(event))),
+    )
+
+
+def insert_activity(
+    conn: Conn, *, shard: str, activity_id: UUID, workflow_id: UUID, tenant_id: UUID, name: str, seq: int,
+    input: bytes, max_attempts: int, lease_seconds: float, task_id: UUID,
+) -> None:
+    """Schedule an activity: its row and its (immediately due) task."""
+    conn.execute(
+        "INSERT INTO activities (workflow_name, id, workflow_id, tenant_id, name, sequence_num, input, max_attempts)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (shard, activity_id, workflow_id, tenant_id, name, seq, Json(input), max_attempts),
+    )
+    conn.execute(
+        "INSERT INTO task_queue (workflow_name, id, workflow_id, tenant_id, task_type, target_id, lease_seconds)"
+        " VALUES (%s, %s, %s, %s, 'activity', %s, %s)",
+        (shard, task_id, workflow_id, tenant_id, activity_id, lease_seconds),
+    )
+
+
+def consume_signal(conn: Conn, shard: str, signal_id: UUID, seq: int) -> None:
+    conn.execute(
+        "UPDATE signals SET consumed = true, consumed_seq = %s, consumed_at = now()"
+        " WHERE workflow_name = %s AND id = %s",
+        (seq, shard, signal_id),
+    )
+
+
+def insert_timer(
+    conn: Conn, *, shard: str, timer_id: UUID, workflow_id: UUID, tenant_id: UUID, seq: int, fire_at: datetime,
+    task_id: UUID,
+) -> None:
+    """A timer row and its task, due (by the database clock) at ``fire_at``."""
+    conn.execute(
+        "INSERT INTO timers (workflow_name, id, workflow_id, tenant_id, sequence_num, fire_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (shard, timer_id, workflow_id, tenant_id, seq, fire_at),
+    )
+    conn.execute(
+        "INSERT INTO task_queue (workflow_name, id, workflow_id, tenant_id, task_type, target_id, visibility_timeout)"
+        " VALUES (%s, %s, %s, %s, 'timer', %s, %s)",
+        (shard, task_id, workflow_id, tenant_id, timer_id, fire_at),
+    )
+
+
+def update_workflow_running(conn: Conn, shard: str, workflow_id: UUID, seq: int, waiting_for: str | None) -> None:
+    conn.execute(
+        "UPDATE workflows SET sequence_num = GREATEST(sequence_num, %s), waiting_for = %s, updated_at = now()"
+        " WHERE name = %s AND id = %s",
+        (seq, waiting_for, shard, workflow_id),
+    )
+
+
+def finish_workflow(
+    conn: Conn, *, shard: str, workflow_id: UUID, tenant_id: UUID, seq: int, output: bytes | None,
+    error: str | None, event_id: UUID, dlq_id: UUID,
+) -> None:
+    """End the workflow: completed with ``output``, or failed with ``error``
+    (then also a dead-letter row). Drops whatever work it still had queued."""
+    status = "failed" if error is not None else "completed"
+    row = conn.execute(
+        "UPDATE workflows SET status = %s, output = %s, error = %s, waiting_for = NULL,"
+        " sequence_num = GREATEST(sequence_num, %s) + 1, updated_at = now(), completed_at = now()"
+        " WHERE name = %s AND id = %s RETURNING sequence_num, input",
+        (status, None if output is None else Json(output), error, seq, shard, workflow_id),
+    ).fetchone()
+    assert row is not None
+    event: msgspec.Struct
+    if error is None:
+        event = history.WorkflowCompleted(msgspec.Raw(output or b"null"))
+    else:
+        event = history.WorkflowFailed(error)
+        conn.execute(
+            "INSERT INTO dead_letter_queue (workflow_name, id, workflow_id, tenant_id, error, input, sequence_num)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (shard, dlq_id, workflow_id, tenant_id, error, None if row[1] is None else Json(row[1]), row[0]),
+        )
+    conn.execute(
+        "DELETE FROM task_queue WHERE workflow_name = %s AND workflow_id = %s AND task_type <> 'workflow'",
+        (shard, workflow_id),
+    )
+    insert_event(conn, shard, workflow_id, tenant_id, row[0], event, event_id)
+    notify(conn, [shard], kind="flows-done")
+
+
+def claim_activity_tasks(conn: Conn, shards: list[str], owner: str, limit: int) -> list[ActivityTask]:
+    """Lease up to ``limit`` due activity tasks to ``owner`` (for each task's
+    lease_seconds) and mark their activities running."""
+    rows = conn.execute(
+        "WITH claimed AS ("
+        "  UPDATE task_queue t SET lease_owner = %s,"
+        "    visibility_timeout = now() + t.lease_seconds * interval '1 second'"
+        "  WHERE (t.workflow_name, t.id) IN ("
+        "    SELECT workflow_name, id FROM task_queue"
+        "    WHERE workflow_name = ANY(%s) AND task_type = 'activity' AND visibility_timeout <= now()"
+        "    ORDER BY visibility_timeout LIMIT %s FOR UPDATE SKIP LOCKED)"
+        "  RETURNING t.workflow_name, t.id, t.workflow_id, t.tenant_id, t.target_id)"
+        " UPDATE activities a SET status = 'running', updated_at = now()"
+        " FROM claimed c WHERE a.workflow_name = c.workflow_name AND a.id = c.target_id"
+        " RETURNING c.workflow_name, c.id, c.workflow_id, c.tenant_id, a.id, a.name, a.sequence_num,"
+        " a.input, a.attempt",
+        (owner, shards, limit),
+    ).fetchall()
+    return [ActivityTask(*row) for row in rows]
+
+
+def take_leased_task(conn: Conn, shard: str, task_id: UUID, owner: str) -> bool:
+    """Delete our leased task; False if the lease was lost (expired and taken
+    by another worker, or the workflow ended meanwhile)."""
+    row = conn.execute(
+        "DELETE FROM task_queue WHERE workflow_name = %s AND id = %s AND lease_owner = %s RETURNING id",
+        (shard, task_id, owner),
+    ).fetchone()
+    return row is not None
+
+
+def complete_activity(
+    conn: Conn, *, shard: str, workflow_id: UUID, tenant_id: UUID, activity_id: UUID, seq: int, name: str,
+    output: bytes, attempt: int, event_id: UUID,
+) -> None:
+    conn.execute(
+        "UPDATE activities SET status = 'completed', output = %s, attempt = %s, error = NULL,"
+        " next_retry_at = NULL, updated_at = now(), completed_at = now()"
+        " WHERE workflow_name = %s AND id = %s",
+        (Json(output), attempt, shard, activity_id),
+    )
+    conn.execute(
+        "UPDATE workflows SET activity_results = activity_results || jsonb_build_object(%s::text, %s::jsonb)"
+        " WHERE name = %s AND id = %s",
+        (str(seq), Json(output), shard, workflow_id),
+    )
+    insert_event(
+        conn, shard, workflow_id, tenant_id, seq, history.ActivityCompleted(name, msgspec.Raw(output), attempt), event_id
+    )
+
+
+def retry_activity(
+    conn: Conn, *, shard: str, workflow_id: UUID, tenant_id: UUID, activity_id: UUID, seq: int, name: str,
+    error: str, attempt: int, delay_seconds: float, lease_seconds: float, event_id: UUID, task_id: UUID,
+) -> None:
+    """Record a failed attempt and queue the next one ``delay_seconds`` later."""
+    conn.execute(
+        "UPDATE activities SET status = 'scheduled', attempt = %s, error = %s,"
+        " next_retry_at = now() + %s * interval '1 second', updated_at = now()"
+        " WHERE workflow_name = %s AND id = %s",
+        (attempt + 1, error, delay_seconds, shard, activity_id),
+    )
+    conn.execute(
+        "INSERT INTO task_queue"
+        " (workflow_name, id, workflow_id, tenant_id, task_type, target_id, lease_seconds, visibility_timeout)"
+        " VALUES (%s, %s, %s, %s, 'activity', %s, %s, now() + %s * interval '1 second')",
+        (shard, task_id, workflow_id, tenant_id, activity_id, lease_seconds, delay_seconds),
+    )
+    insert_event(
+        conn, shard, workflow_id, tenant_id, seq, history.ActivityRetrying(name, attempt, error, delay_seconds),
+        event_id,
+    )
+    notify(conn, [shard])
+
+
+def fail_activity(
+    conn: Conn, *, shard: str, workflow_id: UUID, tenant_id: UUID, activity_id: UUID, seq: int, name: str,
+    error: str, attempt: int, event_id: UUID,
+) -> None:
+    """The last attempt failed: the failure goes to the workflow."""
+    conn.execute(
+        "UPDATE activities SET status = 'failed', attempt = %s, error = %s, next_retry_at = NULL,"
+        " updated_at = now(), completed_at = now() WHERE workflow_name = %s AND id = %s",
+        (attempt, error, shard, activity_id),
+    )
+    insert_event(
+        conn, shard, workflow_id, tenant_id, seq, history.ActivityFailed(name, error, attempt + 1), event_id
+    )
+
+
+def next_due(conn: Conn, shards: list[str]) -> float | None:
+    """Seconds from now (by the database clock) until the earliest task of
+    these shards is due; <= 0 when one is due already, None when none exist."""
+    row = conn.execute(
+        "SELECT extract(epoch FROM min(visibility_timeout) - clock_timestamp())"
+        " FROM task_queue WHERE workflow_name = ANY(%s)",
+        (shards,),
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def release_leases(conn: Conn, shards: list[str], owner: str) -> int:
+    """Make the tasks leased by a dead worker due again at once."""
+    cur = conn.execute(
+        "UPDATE task_queue SET visibility_timeout = now(), lease_owner = NULL"
+        " WHERE workflow_name = ANY(%s) AND lease_owner = %s",
+        (shards, owner),
+    )
+    return cur.rowcount
+
+
+# -- inspection (the CLI) -------------------------------------------------------
+
+
+def history_rows(conn: Conn, shard: str, workflow_id: UUID) -> list[tuple[int, str, bytes]]:
+    return conn.execute(
+        "SELECT sequence_num, event_type, event_data FROM history_events"
+        " WHERE workflow_name = %s AND workflow_id = %s ORDER BY sequence_num, created_at, id",
+        (shard, workflow_id),
+    ).fetchall()
+
+
+def count_workflows(conn: Conn) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for name, status, n in conn.execute("SELECT name, status, count(*) FROM workflows GROUP BY 1, 2 ORDER BY 1, 2"):
+        counts.setdefault(name, {})[status] = n
+    return counts
+
+
+def count_tasks(conn: Conn) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for name, kind, n in conn.execute(
+        "SELECT workflow_name, task_type, count(*) FROM task_queue GROUP BY 1, 2 ORDER BY 1, 2"
+    ):
+        counts.setdefault(name, {})[kind] = n
+    return counts

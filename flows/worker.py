@@ -1,0 +1,425 @@
+"""One worker process: listen, claim, run, commit.
+
+NOTIFY is a hint and the claim query is the truth: the loop waits for a
+notification, the earliest due task, or a stop, then claims until nothing is
+left. Workflow and timer tasks are replayed in the claiming transaction;
+activities run on a bounded thread pool under a lease, and the transaction
+that records an activity's result also replays its workflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import select
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, Iterable
+
+import msgspec
+import uuid6
+
+from flows import codec, history, sharding, store
+from flows.context import (
+    ActivityContext,
+    ConsumeSignal,
+    Outcome,
+    PendingSignal,
+    RecordEvent,
+    ScheduleActivity,
+    StartTimer,
+    replay,
+)
+from flows.definitions import (
+    DEFAULT_RETRY,
+    ActivityDefinition,
+    WorkflowDefinition,
+    registered_activities,
+    registered_workflows,
+)
+from flows.engine import Engine
+from flows.errors import ConfigurationError
+
+log = logging.getLogger("flows.worker")
+
+SAFETY_POLL_SECONDS = float(os.environ.get("FLOWS_SAFETY_POLL_SECONDS", "30"))
+BUSY_RECHECK_SECONDS = 0.25  # due work held by another worker: look again soon
+RECONNECT_MAX_SECONDS = 5.0
+GRACEFUL_TIMEOUT_SECONDS = float(os.environ.get("FLOWS_GRACEFUL_TIMEOUT", "30"))
+RECORD_RETRY_SECONDS = 60.0  # keep trying to record an activity result this long
+
+
+class Worker:
+    """Runs the given workflows' and activities' tasks for some shards.
+
+    ``shards=None`` serves every shard; otherwise the shard indices listed.
+    ``concurrency`` bounds the activity attempts running at once."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        workflows: Iterable[WorkflowDefinition[Any, Any]] | None = None,
+        activities: Iterable[ActivityDefinition[Any, Any]] | None = None,
+        shards: Iterable[int] | None = None,
+        concurrency: int = 8,
+        *,
+        worker_id: str | None = None,
+        graceful_timeout: float = GRACEFUL_TIMEOUT_SECONDS,
+        watch_fd: int | None = None,
+    ) -> None:
+        self.engine = engine
+        wfs = list(registered_workflows() if workflows is None else workflows)
+        acts = list(registered_activities() if activities is None else activities)
+        if not wfs:
+            raise ConfigurationError("a worker needs at least one workflow")
+        self.workflows = {w.name: w for w in wfs}
+        self.activities = {a.name: a for a in acts}
+        indices = list(range(engine.shards)) if shards is None else sorted(set(shards))
+        bad = [k for k in indices if not (isinstance(k, int) and 0 <= k < engine.shards)]
+        if bad or not indices:
+            raise ConfigurationError(f"shard indices must be within 0..{engine.shards - 1}, got {indices}")
+        self.shard_indices = indices
+        self.shards = [sharding.shard_name(w, k) for w in self.workflows for k in indices]
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be >= 1")
+        self.concurrency = concurrency
+        self.graceful_timeout = graceful_timeout
+        self.watch_fd = watch_fd  # readable (EOF) = our supervisor is gone: stop
+        self._worker_id = worker_id
+        self._stopping = threading.Event()
+        self._immediate = False
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._pool: Any = None
+        self._listener: Any = None
+
+    @property
+    def owner(self) -> str:
+        """What leases carry: the supervisor releases a dead worker's by it."""
+        return self._worker_id or f"{socket.gethostname()}:{os.getpid()}"
+
+    # -- control ------------------------------------------------------------
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop claiming; with ``graceful`` let running activities finish
+        (within ``graceful_timeout``), otherwise leave them to their leases."""
+        self._immediate = self._immediate or not graceful
+        self._stopping.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:  # the pipe is full: a wake-up is pending anyway
+            pass
+
+    def _install_signal_handlers(self) -> None:
+        # Handlers only record; the loop acts (a byte on the wake pipe wakes it).
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.set_wakeup_fd(self._wake_w)
+
+        def graceful(signum: int, frame: object) -> None:
+            self._stopping.set()
+
+        def immediate(signum: int, frame: object) -> None:
+            self._immediate = True
+            self._stopping.set()
+
+        signal.signal(signal.SIGTERM, graceful)
+        signal.signal(signal.SIGINT, graceful)
+        signal.signal(signal.SIGQUIT, immediate)
+
+    # -- the loop -----------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until ``stop()`` or SIGTERM/SIGINT (graceful) or SIGQUIT."""
+        self._install_signal_handlers()
+        self._pool = store.open_pool(self.engine.dsn, min_size=1, max_size=self.concurrency + 2, name="flows-worker")
+        executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="flows-activity")
+        log.info("worker-start owner=%s shards=%s concurrency=%s", self.owner, ",".join(self.shards), self.concurrency)
+        backoff = 0.0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if self._listener is None:
+                        self._connect_listener()  # then claim at once: notifications may have been lost
+                    timeout = self._drain(executor)
+                    backoff = 0.0
+                except store.TRANSIENT_ERRORS as exc:
+                    backoff = min(RECONNECT_MAX_SECONDS, backoff * 2 or 0.1)
+                    log.warning("database-unavailable owner=%s error=%s retry_in=%.1fs", self.owner, exc, backoff)
+                    self._close_listener()
+                    timeout = backoff
+                self._wait(timeout)
+        finally:
+            self._shutdown(executor)
+
+    def _connect_listener(self) -> None:
+        conn = store.connect(self.engine.dsn, autocommit=True)
+        try:
+            store.listen(conn, {sharding.channel(s) for s in self.shards})
+        except BaseException:
+            conn.close()
+            raise
+        self._listener = conn
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except Exception:  # noqa: BLE001 - it is broken already
+                pass
+            self._listener = None
+
+    def _wait(self, timeout: float) -> None:
+        fds = [self._wake_r]
+        if self._listener is not None:
+            fds.append(self._listener.fileno())
+        if self.watch_fd is not None:
+            fds.append(self.watch_fd)
+        try:
+            ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
+        except InterruptedError:
+            return
+        if self._wake_r in ready:
+            try:
+                while os.read(self._wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        if self.watch_fd is not None and self.watch_fd in ready:
+            log.warning("supervisor-gone owner=%s: stopping", self.owner)
+            self.watch_fd = None
+            self.stop(graceful=True)
+        if self._listener is not None and self._listener.fileno() in ready:
+            try:
+                for _ in self._listener.notifies(timeout=0):
+                    pass
+            except store.TRANSIENT_ERRORS as exc:
+                log.warning("listen-connection-lost owner=%s error=%s", self.owner, exc)
+                self._close_listener()
+
+    def _drain(self, executor: ThreadPoolExecutor) -> float:
+        """Claim until nothing is left; return how long to sleep before the next due task."""
+        while not self._stopping.is_set():
+            worked = self._claim_activities(executor)
+            worked = self._run_workflow_task() or worked
+            if not worked:
+                break
+        with self._pool.connection() as conn:
+            due_in = store.next_due(conn, self.shards)
+        if due_in is None:
+            return SAFETY_POLL_SECONDS
+        if due_in <= 0:  # due, yet not ours to claim: held by another worker, or no free slot
+            return BUSY_RECHECK_SECONDS if self._free_slots() else SAFETY_POLL_SECONDS
+        return min(due_in, SAFETY_POLL_SECONDS)
+
+    def _free_slots(self) -> int:
+        with self._in_flight_lock:
+            return self.concurrency - self._in_flight
+
+    def _claim_activities(self, executor: ThreadPoolExecutor) -> bool:
+        free = self._free_slots()
+        if free <= 0 or not self.activities:
+            return False
+        with self._pool.connection() as conn, conn.transaction():
+            tasks = store.claim_activity_tasks(conn, self.shards, self.owner, free)
+        for task in tasks:
+            with self._in_flight_lock:
+                self._in_flight += 1
+            executor.submit(self._run_activity, task)
+        return bool(tasks)
+
+    def _run_workflow_task(self) -> bool:
+        """Claim one workflow or timer task and replay its workflow, all in one transaction."""
+        with self._pool.connection() as conn, conn.transaction():
+            task = store.claim_workflow_task(conn, self.shards)
+            if task is None:
+                return False
+            wf = task.workflow
+            store.delete_task(conn, wf.name, task.task_id)
+            if wf.status != "running":
+                return True
+            if task.task_type == "timer" and task.target_id is not None:
+                store.fire_timer(conn, wf.name, wf.id, wf.tenant_id, task.target_id, uuid6.uuid7())
+            self._advance(conn, wf, task.db_now)
+        return True
+
+    # -- replay ---------------------------------------------------------------
+
+    def _advance(self, conn: Any, wf: store.WorkflowRow, db_now: datetime) -> None:
+        """Replay a locked workflow and write what the new step recorded."""
+        definition = self.workflows[sharding.base_name(wf.name)]
+        if wf.version != definition.version:
+            outcome = Outcome(
+                [], "failed", wf.sequence_num,
+                error=f"NonDeterminismError: workflow started as version {wf.version},"
+                f" this worker runs version {definition.version}",
+            )
+        else:
+            events, signals = store.load_replay_state(conn, wf.name, wf.id)
+            outcome = replay(
+                definition, workflow_id=wf.id, workflow_name=wf.name, tenant_id=wf.tenant_id, input=wf.input,
+                events=events, signals=[PendingSignal(*s) for s in signals], db_now=db_now,
+            )
+        self._apply(conn, wf, outcome)
+
+    def _apply(self, conn: Any, wf: store.WorkflowRow, outcome: Outcome) -> None:
+        shard, wid, tenant = wf.name, wf.id, wf.tenant_id
+        wake = False
+        for cmd in outcome.commands:
+            if isinstance(cmd, ScheduleActivity):
+                store.insert_activity(
+                    conn, shard=shard, activity_id=cmd.activity_id, workflow_id=wid, tenant_id=tenant,
+                    name=cmd.activity.name, seq=cmd.seq, input=cmd.input, max_attempts=cmd.activity.retry.max_attempts,
+                    lease_seconds=cmd.activity.timeout_seconds, task_id=uuid6.uuid7(),
+                )
+                store.insert_event(
+                    conn, shard, wid, tenant, cmd.seq,
+                    history.ActivityScheduled(cmd.activity.name, cmd.activity_id, msgspec.Raw(cmd.input)),
+                    uuid6.uuid7(),
+                )
+                wake = True
+            elif isinstance(cmd, ConsumeSignal):
+                sig = cmd.signal
+                store.consume_signal(conn, shard, sig.id, cmd.seq)
+                store.insert_event(
+                    conn, shard, wid, tenant, cmd.seq,
+                    history.SignalReceived(sig.name, sig.id, msgspec.Raw(sig.payload or b"null")),
+                    uuid6.uuid7(),
+                )
+            elif isinstance(cmd, StartTimer):
+                store.insert_timer(
+                    conn, shard=shard, timer_id=cmd.timer_id, workflow_id=wid, tenant_id=tenant, seq=cmd.seq,
+                    fire_at=cmd.fire_at, task_id=uuid6.uuid7(),
+                )
+                store.insert_event(
+                    conn, shard, wid, tenant, cmd.seq, history.TimerStarted(cmd.timer_id, cmd.fire_at, cmd.seconds),
+                    uuid6.uuid7(),
+                )
+                wake = True
+            elif isinstance(cmd, RecordEvent):
+                store.insert_event(conn, shard, wid, tenant, cmd.seq, cmd.event, uuid6.uuid7())
+        if outcome.status == "running":
+            store.update_workflow_running(conn, shard, wid, outcome.last_seq, outcome.waiting_for)
+        else:
+            if outcome.status == "failed":
+                log.warning("workflow-failed shard=%s id=%s error=%s", shard, wid, outcome.error)
+            store.finish_workflow(
+                conn, shard=shard, workflow_id=wid, tenant_id=tenant, seq=outcome.last_seq, output=outcome.output,
+                error=outcome.error, event_id=uuid6.uuid7(), dlq_id=uuid6.uuid7(),
+            )
+        if wake:
+            store.notify(conn, [shard])
+
+    # -- activities -------------------------------------------------------------
+
+    def _run_activity(self, task: store.ActivityTask) -> None:
+        try:
+            definition = self.activities.get(task.name)
+            ctx = ActivityContext(
+                task.workflow_id, task.shard, task.tenant_id, task.activity_id, task.name, task.sequence_num,
+                task.attempt,
+            )
+            output: bytes | None = None
+            error: str | None = None
+            try:
+                if definition is None:
+                    raise ConfigurationError(f"activity {task.name!r} is not registered in this worker")
+                result = definition.fn(ctx, codec.decode(task.input, definition.input_type))
+                output = codec.encode(result)
+            except Exception as exc:  # noqa: BLE001 - an activity may raise anything
+                error = f"{type(exc).__name__}: {exc}"
+                log.info("activity-attempt-failed name=%s id=%s attempt=%s error=%s", task.name, task.activity_id,
+                         task.attempt, error)
+            self._record(task, definition, output, error)
+        except Exception:  # noqa: BLE001 - never lose the slot
+            log.exception("activity-record-failed name=%s id=%s", task.name, task.activity_id)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+            self._wake()
+
+    def _record(
+        self, task: store.ActivityTask, definition: ActivityDefinition[Any, Any] | None, output: bytes | None,
+        error: str | None,
+    ) -> None:
+        """Record an attempt's result, retrying while the database is away; if
+        that fails for too long the lease runs out and the attempt is redone."""
+        deadline = time.monotonic() + RECORD_RETRY_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                with self._pool.connection() as conn, conn.transaction():
+                    self._record_once(conn, task, definition, output, error)
+                return
+            except store.TRANSIENT_ERRORS as exc:
+                if time.monotonic() > deadline or self._immediate:
+                    raise
+                log.warning("activity-record-retry name=%s error=%s", task.name, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    def _record_once(
+        self, conn: Any, task: store.ActivityTask, definition: ActivityDefinition[Any, Any] | None,
+        output: bytes | None, error: str | None,
+    ) -> None:
+        shard, wid = task.shard, task.workflow_id
+        locked = store.lock_workflow(conn, shard, wid)
+        if locked is None or not store.take_leased_task(conn, shard, task.task_id, self.owner):
+            log.info("activity-lease-lost name=%s id=%s", task.name, task.activity_id)
+            return
+        wf, db_now = locked
+        if wf.status != "running":
+            return
+        common = dict(
+            shard=shard, workflow_id=wid, tenant_id=task.tenant_id, activity_id=task.activity_id,
+            seq=task.sequence_num, name=task.name, event_id=uuid6.uuid7(),
+        )
+        if error is None:
+            assert output is not None
+            store.complete_activity(conn, output=output, attempt=task.attempt, **common)  # type: ignore[arg-type]
+        else:
+            retry = definition.retry if definition is not None else DEFAULT_RETRY
+            failures = task.attempt + 1
+            if failures < retry.max_attempts:
+                lease = definition.timeout_seconds if definition is not None else 300.0
+                store.retry_activity(
+                    conn, error=error, attempt=task.attempt, delay_seconds=retry.delay_seconds(failures, random.random),
+                    lease_seconds=lease, task_id=uuid6.uuid7(), **common,  # type: ignore[arg-type]
+                )
+                return
+            store.fail_activity(conn, error=error, attempt=task.attempt, **common)  # type: ignore[arg-type]
+        self._advance(conn, wf, db_now)
+
+    # -- shutdown ---------------------------------------------------------------
+
+    def _shutdown(self, executor: ThreadPoolExecutor) -> None:
+        if self._immediate:
+            executor.shutdown(wait=False, cancel_futures=True)
+        else:
+            deadline = time.monotonic() + self.graceful_timeout
+            while self._free_slots() < self.concurrency and time.monotonic() < deadline:
+                time.sleep(0.05)
+            executor.shutdown(wait=False, cancel_futures=True)
+        if self._free_slots() < self.concurrency:  # attempts still running: let others redo them now
+            try:
+                with self._pool.connection() as conn, conn.transaction():
+                    released = store.release_leases(conn, self.shards, self.owner)
+                log.warning("worker-released-leases owner=%s count=%s", self.owner, released)
+            except Exception as exc:  # noqa: BLE001 - best effort; leases expire anyway
+                log.warning("worker-release-failed owner=%s error=%s", self.owner, exc)
+        self._close_listener()
+        self._pool.close()
+        if threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(-1)
+        log.info("worker-stop owner=%s", self.owner)
