@@ -1,0 +1,196 @@
+"""The engine against a real PostgreSQL, with a worker running in a thread."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+import flows
+from flows import Engine
+from tests.engine_app import Job, broken_workflow, documents, flaky_workflow, sleeper, three_steps
+
+
+def rows(db: psycopg.Connection[Any], query: str, *params: Any) -> list[tuple[Any, ...]]:
+    return db.execute(query, params).fetchall()
+
+
+def wait_for(engine: Engine, run: flows.Execution, waiting_for: str, timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while engine.query(run.workflow_name, run.workflow_id).waiting_for != waiting_for:
+        assert time.monotonic() < deadline, engine.query(run.workflow_name, run.workflow_id)
+        time.sleep(0.02)
+
+
+def test_a_workflow_runs_every_primitive_and_records_each_step(engine: Engine, worker: Any, db: Any) -> None:
+    run = engine.start(three_steps, Job("a"))
+    assert run.workflow_name == "t-three-steps"
+    assert run.workflow_name_sharded == engine.shard_of("t-three-steps", run.workflow_id)
+    wait_for(engine, run, "signal:go")
+    engine.send_signal(run.workflow_name, run.workflow_id, "go", {"by": "test"})
+    out = engine.result(run.workflow_name, run.workflow_id, timeout=15)
+    assert out["first"] == "a-1 done" and out["second"] == "a-2 done" and out["go"] == {"by": "test"}
+    assert len(out["dice"]) == 8
+
+    wid = run.workflow_id
+    assert rows(db, "SELECT name, status, version FROM workflows WHERE id = %s", wid) == [
+        (run.workflow_name_sharded, "completed", 1)]
+    assert rows(db, "SELECT name, status, sequence_num, attempt FROM activities WHERE workflow_id = %s"
+                    " ORDER BY sequence_num", wid) == [("t-record", "completed", 1, 0), ("t-record", "completed", 5, 0)]
+    assert rows(db, "SELECT signal_name, consumed, consumed_seq FROM signals WHERE workflow_id = %s", wid) == [
+        ("go", True, 2)]
+    assert rows(db, "SELECT sequence_num, fired FROM timers WHERE workflow_id = %s", wid) == [(3, True)]
+    events = [e for _, e in rows(db, "SELECT sequence_num, event_type FROM history_events WHERE workflow_id = %s"
+                                     " ORDER BY sequence_num, created_at", wid)]
+    assert events == ["workflow_started", "activity_scheduled", "activity_completed", "signal_received",
+                      "timer_started", "timer_fired", "random_generated", "activity_scheduled",
+                      "activity_completed", "time_recorded", "uuid_generated", "workflow_completed"]
+    [(data,)] = rows(db, "SELECT event_data FROM history_events WHERE workflow_id = %s"
+                         " AND event_type = 'random_generated'", wid)
+    assert data == {"random_bytes": out["dice"], "num_bytes": 8}
+    assert rows(db, "SELECT count(*) FROM task_queue")[0][0] == 0
+    [(results,)] = rows(db, "SELECT activity_results FROM workflows WHERE id = %s", wid)
+    assert results == {"1": "a-1 done", "5": "a-2 done"}
+
+
+def test_a_signal_sent_before_the_wait_is_kept_for_it(engine: Engine, worker: Any, db: Any) -> None:
+    run = engine.start(documents, ["identity", "income"])
+    engine.send_signal(run.workflow_name, run.workflow_id, "doc-income", "W2")  # out of order
+    engine.send_signal(run.workflow_name, run.workflow_id, "doc-identity", "DL")
+    assert engine.result(run.workflow_name, run.workflow_id, timeout=10) == ["DL", "W2"]
+    assert rows(db, "SELECT signal_name, consumed_seq FROM signals WHERE workflow_id = %s ORDER BY consumed_seq",
+                run.workflow_id) == [("doc-identity", 1), ("doc-income", 2)]
+
+
+def test_two_signals_of_one_name_feed_two_waits_in_order(engine: Engine, worker: Any) -> None:
+    run = engine.start(documents, ["x", "x"])
+    wait_for(engine, run, "signal:doc-x")
+    engine.send_signal(run.workflow_name, run.workflow_id, "doc-x", 1)
+    engine.send_signal(run.workflow_name, run.workflow_id, "doc-x", 2)
+    assert engine.result(run.workflow_name, run.workflow_id, timeout=10) == [1, 2]
+
+
+def test_a_timer_fires_after_fire_at_by_the_database_clock_and_soon_after(engine: Engine, worker: Any, db: Any) -> None:
+    run = engine.start(sleeper, 1.0)
+    engine.result(run.workflow_name, run.workflow_id, timeout=10)
+    [(fire_at, fired, fired_at, created)] = rows(
+        db, "SELECT fire_at, fired, fired_at, created_at FROM timers WHERE workflow_id = %s", run.workflow_id)
+    assert fired and fired_at >= fire_at
+    assert (fire_at - created).total_seconds() == pytest.approx(1.0, abs=0.05)
+    # Woken by its own deadline, not by the 30 s safety poll.
+    assert (fired_at - fire_at).total_seconds() < 2.0
+
+
+def test_a_flaky_activity_is_retried_with_backoff_until_it_succeeds(engine: Engine, worker: Any, db: Any) -> None:
+    run = engine.start(flaky_workflow, "credit check")
+    assert engine.result(run.workflow_name, run.workflow_id, timeout=15) == "credit check finally"
+    attempts = rows(db, "SELECT attempt, at FROM ledger ORDER BY at")
+    assert [a for a, _ in attempts] == [0, 1, 2]
+    gaps = [(b[1] - a[1]).total_seconds() for a, b in zip(attempts, attempts[1:])]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # initial 0.2 s, factor 2, no jitter
+    assert rows(db, "SELECT status, attempt, error FROM activities WHERE workflow_id = %s", run.workflow_id) == [
+        ("completed", 2, None)]
+    assert len(rows(db, "SELECT 1 FROM history_events WHERE workflow_id = %s AND event_type = 'activity_retrying'",
+                    run.workflow_id)) == 2
+
+
+def test_exhausted_retries_can_be_caught_by_the_workflow(engine: Engine, worker: Any, db: Any) -> None:
+    run = engine.start(broken_workflow, True)
+    out = engine.result(run.workflow_name, run.workflow_id, timeout=10)
+    assert out == "fallback after 2 attempts: RuntimeError: the bureau is down"
+    assert rows(db, "SELECT status, attempt FROM activities WHERE workflow_id = %s", run.workflow_id) == [("failed", 1)]
+    assert rows(db, "SELECT count(*) FROM dead_letter_queue")[0][0] == 0
+
+
+def test_uncaught_activity_failure_fails_the_workflow_into_the_dead_letter_queue(
+    engine: Engine, worker: Any, db: Any
+) -> None:
+    run = engine.start(broken_workflow, False)
+    with pytest.raises(flows.WorkflowFailed, match="the bureau is down") as caught:
+        engine.result(run.workflow_name, run.workflow_id, timeout=10)
+    assert caught.value.status == "failed"
+    status = engine.query(run.workflow_name, run.workflow_id)
+    assert status.status == "failed" and status.output is None
+    [(name, error)] = rows(db, "SELECT workflow_name, error FROM dead_letter_queue WHERE workflow_id = %s",
+                           run.workflow_id)
+    assert name == run.workflow_name_sharded and "ActivityFailed" in error
+
+
+def test_starting_with_the_same_id_twice_returns_the_first_execution(engine: Engine, db: Any) -> None:
+    first = engine.start(documents, ["a"], workflow_id="018c123e-4567-7890-abcd-ef0123456789")
+    again = engine.start(documents, ["b"], workflow_id="018c123e-4567-7890-abcd-ef0123456789")
+    assert first.created and not again.created and again.workflow_id == first.workflow_id
+    assert rows(db, "SELECT input FROM workflows") == [(["a"],)]
+    assert rows(db, "SELECT count(*) FROM task_queue")[0][0] == 1
+
+
+def test_a_start_inside_the_callers_transaction_rolls_back_with_it(engine: Engine, db_url: str, db: Any) -> None:
+    with psycopg.connect(db_url) as conn:
+        conn.execute("CREATE TABLE orders (id int)")
+        conn.commit()
+        conn.execute("INSERT INTO orders VALUES (1)")
+        engine.start(documents, ["a"], conn=conn)
+        conn.rollback()
+        assert rows(db, "SELECT count(*) FROM workflows")[0][0] == 0
+        assert rows(db, "SELECT count(*) FROM history_events")[0][0] == 0
+        assert rows(db, "SELECT count(*) FROM task_queue")[0][0] == 0
+        conn.execute("INSERT INTO orders VALUES (2)")
+        run = engine.start(documents, ["a"], conn=conn)
+        conn.commit()
+    assert engine.query(run.workflow_name, run.workflow_id).status == "running"
+    assert rows(db, "SELECT id FROM orders") == [(2,)]
+
+
+def test_another_tenant_cannot_see_or_touch_a_workflow(engine: Engine) -> None:
+    tenant_a, tenant_b = "00000000-0000-7000-8000-00000000000a", "00000000-0000-7000-8000-00000000000b"
+    run = engine.start(documents, ["a"], tenant_id=tenant_a)
+    assert engine.query(run.workflow_name, run.workflow_id, tenant_id=tenant_a).status == "running"
+    for call in (
+        lambda: engine.query(run.workflow_name, run.workflow_id, tenant_id=tenant_b),
+        lambda: engine.query(run.workflow_name, run.workflow_id),  # the default tenant is another tenant
+        lambda: engine.send_signal(run.workflow_name, run.workflow_id, "doc-a", 1, tenant_id=tenant_b),
+        lambda: engine.cancel(run.workflow_name, run.workflow_id, tenant_id=tenant_b),
+        lambda: engine.result(run.workflow_name, run.workflow_id, timeout=1, tenant_id=tenant_b),
+    ):
+        with pytest.raises(flows.WorkflowNotFound):
+            call()
+
+
+def test_signals_to_an_ended_workflow_are_refused(engine: Engine, db: Any) -> None:
+    run = engine.start(documents, ["a"])
+    assert engine.cancel(run.workflow_name, run.workflow_id) is True
+    assert engine.cancel(run.workflow_name, run.workflow_id) is False
+    with pytest.raises(flows.WorkflowNotRunning):
+        engine.send_signal(run.workflow_name, run.workflow_id, "doc-a", 1)
+    with pytest.raises(flows.WorkflowFailed, match="cancelled"):
+        engine.result(run.workflow_name, run.workflow_id, timeout=1)
+    assert rows(db, "SELECT count(*) FROM signals")[0][0] == 0
+    assert rows(db, "SELECT count(*) FROM task_queue")[0][0] == 0
+
+
+@pytest.mark.parametrize("bad", ["not-a-uuid", "", None, 12])
+def test_malformed_ids_are_invalid_input(engine: Engine, bad: Any) -> None:
+    with pytest.raises(flows.InvalidInput, match="workflow_id"):
+        engine.query("t-documents", bad)
+
+
+def test_input_the_workflow_cannot_read_is_refused_before_anything_is_written(engine: Engine, db: Any) -> None:
+    with pytest.raises(flows.InvalidInput):
+        engine.start(three_steps, {"name": 5})
+    with pytest.raises(flows.InvalidInput, match="JSON"):
+        engine.start(documents, {object()})
+    assert rows(db, "SELECT count(*) FROM workflows")[0][0] == 0
+
+
+def test_unknown_workflow_is_not_found(engine: Engine) -> None:
+    with pytest.raises(flows.WorkflowNotFound):
+        engine.query("t-documents", "018c123e-4567-7890-abcd-ef0123456789")
+
+
+def test_result_times_out_on_a_workflow_that_waits(engine: Engine) -> None:
+    run = engine.start(documents, ["never"])
+    with pytest.raises(TimeoutError):
+        engine.result(run.workflow_name, run.workflow_id, timeout=0.3)
