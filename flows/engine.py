@@ -119,7 +119,7 @@ class Engine:
         if holder is None or holder.pid != os.getpid():  # never use a pool across fork()
             with self._lock:
                 if self._holder is None or self._holder.pid != os.getpid():
-                    self._holder = _PoolHolder(os.getpid(), store.open_pool(self.dsn, max_size=self.pool_size))
+                    self._holder = _PoolHolder(os.getpid(), store.open_pool(self.dsn, max_size=self.pool_size, check=True))
                 holder = self._holder
         return holder.pool
 

@@ -50,10 +50,17 @@ def connect(dsn: str, *, autocommit: bool = False) -> Conn:
     return conn
 
 
-def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "flows") -> ConnectionPool:
-    """A pool whose connections read jsonb as raw bytes. Open it after fork()."""
+def open_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "flows", check: bool = False
+) -> ConnectionPool:
+    """A pool whose connections read jsonb as raw bytes. Open it after fork().
+
+    ``check`` tests each connection as it is handed out (one round trip), so
+    a client never gets one the server closed while it sat idle; the worker
+    goes without and retries its loop instead."""
     pool = ConnectionPool(
-        dsn, min_size=min_size, max_size=max_size, configure=configure, name=name, open=False, timeout=30.0
+        dsn, min_size=min_size, max_size=max_size, configure=configure, name=name, open=False, timeout=30.0,
+        check=ConnectionPool.check_connection if check else None,
     )
     pool.open(wait=False)
     return pool

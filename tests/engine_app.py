@@ -35,7 +35,15 @@ class Job(msgspec.Struct):
     hold_seconds: float = 0.0  # how long the slow activity takes
 
 
-@flows.activity("t-record", retry=FAST_RETRY)
+def hang_if(phase: str, marker: str = "") -> None:
+    """Block for a minute when this process was told to hang at ``phase`` (to be killed there)."""
+    if os.environ.get("ENGINE_APP_HANG") == phase:
+        if marker:
+            Path(marker).touch()
+        time.sleep(60)
+
+
+@flows.activity("t-record", retry=FAST_RETRY, timeout=3.0)
 def record(ctx: flows.ActivityContext, what: str) -> str:
     ledger(ctx.idempotency_key, ctx.attempt, what)
     return f"{what} done"
@@ -57,6 +65,7 @@ def broken(ctx: flows.ActivityContext, what: str) -> str:
 @flows.activity("t-slow", retry=FAST_RETRY, timeout=3.0)
 def slow(ctx: flows.ActivityContext, seconds: float) -> str:
     ledger(ctx.idempotency_key, ctx.attempt, f"started pid={os.getpid()}")
+    hang_if("activity")
     time.sleep(seconds)
     return "slow done"
 
@@ -101,11 +110,11 @@ def documents(ctx: flows.WorkflowContext, kinds: list[str]) -> list[Any]:
 
 @flows.workflow("t-slow-replay")
 def slow_replay(ctx: flows.WorkflowContext, marker: str) -> str:
-    """Blocks inside the workflow task while ENGINE_APP_HANG is set (to be killed there)."""
+    """Hangs inside a replay when told to: in the first workflow task
+    (``start``) or in the transaction recording an activity (``replay``)."""
+    hang_if("start", marker)
     first = ctx.activity(record, "before")
-    if os.environ.get("ENGINE_APP_HANG"):
-        Path(marker).touch()
-        time.sleep(60)
+    hang_if("replay", marker)
     return first + " then finished"
 
 
