@@ -51,7 +51,7 @@ def cmd_supervise(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with _engine(args) as engine, engine.pool.connection() as conn:
+    with _engine(args) as engine, engine.connection() as conn:
         _print({"workflows": store.count_workflows(conn), "tasks": store.count_tasks(conn)})
     return 0
 
@@ -59,7 +59,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     with _engine(args) as engine:
         status = engine.query(args.name, args.id, tenant_id=args.tenant)
-        with engine.pool.connection() as conn:
+        with engine.connection() as conn:
             events = store.history_rows(conn, status.name, status.id)
     _print({"workflow": status, "history": [{"seq": s, "type": t, "data": codec.decode(d)} for s, t, d in events]})
     return 0

@@ -1,8 +1,8 @@
 """JSON for everything stored: msgspec encodes and decodes, psycopg moves bytes.
 
 One module-level encoder; one cached decoder per target type. JSONB columns
-are read back as raw bytes so the caller decodes them straight into the type
-its annotation names (Struct, dataclass or plain JSON value).
+are read back as JSON text (cast in the query) and decoded straight into the
+type the annotation names (Struct, dataclass or plain JSON value).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any
 
 import msgspec
 from psycopg import adapt, postgres
-from psycopg.abc import AdaptContext
 
 from flows.errors import InvalidInput
 
@@ -32,7 +31,7 @@ def _decoder(target: Any) -> msgspec.json.Decoder:
     return msgspec.json.Decoder(target)
 
 
-def decode(data: bytes | None, target: Any = Any) -> Any:
+def decode(data: bytes | str | None, target: Any = Any) -> Any:
     """Decode JSON ``data`` into ``target``; raise InvalidInput if it does not fit."""
     if data is None:
         return None
@@ -53,20 +52,8 @@ class Json(bytes):
     """Already-encoded JSON bytes, sent to a jsonb parameter as they are."""
 
 
-class _JsonbBytesDumper(adapt.Dumper):
+class JsonbDumper(adapt.Dumper):
     oid = postgres.types["jsonb"].oid
 
     def dump(self, obj: bytes) -> bytes:
         return obj
-
-
-class _RawJsonLoader(adapt.Loader):
-    def load(self, data: Any) -> bytes:
-        return bytes(data)
-
-
-def register_adapters(context: AdaptContext) -> None:
-    """Make ``Json`` go out as jsonb and json/jsonb come back as raw bytes."""
-    context.adapters.register_dumper(Json, _JsonbBytesDumper)
-    context.adapters.register_loader("jsonb", _RawJsonLoader)
-    context.adapters.register_loader("json", _RawJsonLoader)

@@ -27,7 +27,7 @@ MAX_RANDOM_BYTES = 1024
 class PendingSignal:
     id: UUID
     name: str
-    payload: bytes
+    payload: str | bytes
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,8 @@ def replay(
     workflow_id: UUID,
     workflow_name: str,
     tenant_id: UUID,
-    input: bytes | None,
-    events: list[tuple[int, str, bytes]],
+    input: str | bytes | None,
+    events: list[tuple[int, str, str | bytes]],
     signals: list[PendingSignal],
     db_now: datetime,
 ) -> Outcome:

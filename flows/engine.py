@@ -13,7 +13,8 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 from uuid import UUID
 
 import msgspec
@@ -89,13 +90,13 @@ def _base_name(workflow: object) -> str:
 class _PoolHolder:
     pid: int
     pool: Any
+    ours: bool = True  # False: the caller's pool, theirs to close
 
 
 class Engine:
     """Entry point of the client API, backed by a psycopg pool.
 
-    ``dsn_or_pool`` is a connection string or an open ``ConnectionPool``
-    whose connections were configured with ``flows.store.configure``."""
+    ``dsn_or_pool`` is a connection string or an open psycopg ``ConnectionPool``."""
 
     def __init__(self, dsn_or_pool: Any, shards: int | None = None, *, pool_size: int | None = None) -> None:
         shards = int(os.environ.get("FLOWS_SHARDS", sharding.DEFAULT_SHARDS)) if shards is None else shards
@@ -109,7 +110,7 @@ class Engine:
             self._holder: _PoolHolder | None = None
         else:
             self.dsn = dsn_or_pool.conninfo
-            self._holder = _PoolHolder(os.getpid(), dsn_or_pool)
+            self._holder = _PoolHolder(os.getpid(), dsn_or_pool, ours=False)
 
     # -- plumbing -----------------------------------------------------------
 
@@ -123,8 +124,14 @@ class Engine:
                 holder = self._holder
         return holder.pool
 
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        with self.pool.connection() as conn:
+            yield conn
+
     def close(self) -> None:
-        if self._holder is not None and self._holder.pid == os.getpid():
+        """Close the pool this engine opened (a caller's own pool is left open)."""
+        if self._holder is not None and self._holder.pid == os.getpid() and self._holder.ours:
             self._holder.pool.close()
         self._holder = None
 
@@ -187,7 +194,7 @@ class Engine:
         with store.wrapped():
             if conn is not None:
                 return insert(conn)
-            with self.pool.connection() as c:
+            with self.connection() as c:
                 return insert(c)
 
     def send_signal(
@@ -205,7 +212,7 @@ class Engine:
         data = codec.encode(payload)
         shard = self.shard_of(name, wid)
         signal_id = uuid6.uuid7()
-        with store.wrapped(), self.pool.connection() as c, c.transaction():
+        with store.wrapped(), self.connection() as c, c.transaction():
             found = store.workflow_tenant_and_status(c, shard, wid, tenant)
             if found is None:
                 raise WorkflowNotFound(f"no workflow {name}/{wid}")
@@ -221,7 +228,7 @@ class Engine:
         return signal_id
 
     def _row(self, name: str, wid: UUID, tenant: UUID | None) -> store.WorkflowRow:
-        with store.wrapped(), self.pool.connection() as c:
+        with store.wrapped(), self.connection() as c:
             row = store.get_workflow(c, self.shard_of(name, wid), wid, tenant)
         if row is None:
             raise WorkflowNotFound(f"no workflow {name}/{wid}")
@@ -283,7 +290,7 @@ class Engine:
         wid = parse_uuid(workflow_id)
         tenant = _tenant(tenant_id)
         shard = self.shard_of(name, wid)
-        with store.wrapped(), self.pool.connection() as c, c.transaction():
+        with store.wrapped(), self.connection() as c, c.transaction():
             found = store.workflow_tenant_and_status(c, shard, wid, tenant, lock="UPDATE")
             if found is None:
                 raise WorkflowNotFound(f"no workflow {name}/{wid}")

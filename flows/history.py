@@ -108,7 +108,7 @@ def event_type(event: msgspec.Struct) -> str:
     return EVENT_NAMES[type(event)]
 
 
-def decode_event(kind: str, data: bytes) -> msgspec.Struct:
+def decode_event(kind: str, data: str | bytes) -> msgspec.Struct:
     return _decoders[kind].decode(data)
 
 
@@ -134,7 +134,7 @@ _OPENERS = {
 _RESOLVERS = (ActivityCompleted, ActivityFailed, TimerFired)
 
 
-def fold_steps(rows: Iterable[tuple[int, str, bytes]]) -> dict[int, Step]:
+def fold_steps(rows: Iterable[tuple[int, str, str | bytes]]) -> dict[int, Step]:
     """Fold ``(sequence_num, event_type, event_data)`` rows, in order, into steps."""
     steps: dict[int, Step] = {}
     for seq, kind, data in rows:

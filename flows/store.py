@@ -37,29 +37,26 @@ TRANSIENT_ERRORS = (
     psycopg.errors.DeadlockDetected,
 )
 
-psycopg.adapters.register_dumper(Json, codec._JsonbBytesDumper)  # our own type only
-
-
-def configure(conn: Conn) -> None:
-    codec.register_adapters(conn)
+# jsonb goes out as the bytes msgspec made (our own Json type only) and comes
+# back as text cast in the query, so any connection, ours or a caller's,
+# works without changing its adapters.
+psycopg.adapters.register_dumper(Json, codec.JsonbDumper)
 
 
 def connect(dsn: str, *, autocommit: bool = False) -> Conn:
-    conn = psycopg.connect(dsn, autocommit=autocommit)
-    configure(conn)
-    return conn
+    return psycopg.connect(dsn, autocommit=autocommit)
 
 
 def open_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "flows", check: bool = False
 ) -> ConnectionPool:
-    """A pool whose connections read jsonb as raw bytes. Open it after fork().
+    """A connection pool. Open it after fork().
 
     ``check`` tests each connection as it is handed out (one round trip), so
     a client never gets one the server closed while it sat idle; the worker
     goes without and retries its loop instead."""
     pool = ConnectionPool(
-        dsn, min_size=min_size, max_size=max_size, configure=configure, name=name, open=False, timeout=30.0,
+        dsn, min_size=min_size, max_size=max_size, name=name, open=False, timeout=30.0,
         check=ConnectionPool.check_connection if check else None,
     )
     pool.open(wait=False)
@@ -99,8 +96,8 @@ class WorkflowRow(msgspec.Struct):
     tenant_id: UUID
     version: int
     status: str
-    input: bytes | None
-    output: bytes | None
+    input: str | None
+    output: str | None
     error: str | None
     sequence_num: int
     waiting_for: str | None
@@ -110,7 +107,7 @@ class WorkflowRow(msgspec.Struct):
 
 
 _WORKFLOW_COLUMNS = (
-    "name, id, tenant_id, version, status, input, output, error, sequence_num,"
+    "name, id, tenant_id, version, status, input::text, output::text, error, sequence_num,"
     " waiting_for, created_at, updated_at, completed_at"
 )
 
@@ -141,7 +138,7 @@ class ActivityTask:
     activity_id: UUID
     name: str
     sequence_num: int
-    input: bytes | None
+    input: str | None
     attempt: int
 
 
@@ -241,7 +238,7 @@ def claim_workflow_task(conn: Conn, shards: list[str]) -> WorkflowTask | None:
     never overlap, and a claim never waits."""
     row = conn.execute(
         "SELECT t.id, t.task_type, t.target_id, now(),"
-        " w.name, w.id, w.tenant_id, w.version, w.status, w.input, w.output, w.error, w.sequence_num,"
+        " w.name, w.id, w.tenant_id, w.version, w.status, w.input::text, w.output::text, w.error, w.sequence_num,"
         " w.waiting_for, w.created_at, w.updated_at, w.completed_at"
         " FROM task_queue t JOIN workflows w ON w.name = t.workflow_name AND w.id = t.workflow_id"
         " WHERE t.workflow_name = ANY(%s) AND t.task_type IN ('workflow', 'timer')"
@@ -280,16 +277,16 @@ def fire_timer(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, timer
 
 def load_replay_state(
     conn: Conn, shard: str, workflow_id: UUID
-) -> tuple[list[tuple[int, str, bytes]], list[tuple[UUID, str, bytes]]]:
+) -> tuple[list[tuple[int, str, str]], list[tuple[UUID, str, str]]]:
     """The workflow's events in order, and its unconsumed signals oldest first."""
     with conn.pipeline():
         events = conn.execute(
-            "SELECT sequence_num, event_type, event_data FROM history_events"
+            "SELECT sequence_num, event_type, event_data::text FROM history_events"
             " WHERE workflow_name = %s AND workflow_id = %s ORDER BY sequence_num, created_at, id",
             (shard, workflow_id),
         )
         signals = conn.execute(
-            "SELECT id, signal_name, payload FROM signals"
+            "SELECT id, signal_name, payload::text FROM signals"
             " WHERE workflow_name = %s AND workflow_id = %s AND NOT consumed ORDER BY created_at, id",
             (shard, workflow_id),
         )
@@ -366,7 +363,7 @@ def finish_workflow(
     row = conn.execute(
         "UPDATE workflows SET status = %s, output = %s, error = %s, waiting_for = NULL,"
         " sequence_num = GREATEST(sequence_num, %s) + 1, updated_at = now(), completed_at = now()"
-        " WHERE name = %s AND id = %s RETURNING sequence_num, input",
+        " WHERE name = %s AND id = %s RETURNING sequence_num",
         (status, None if output is None else Json(output), error, seq, shard, workflow_id),
     ).fetchone()
     assert row is not None
@@ -377,8 +374,8 @@ def finish_workflow(
         event = history.WorkflowFailed(error)
         conn.execute(
             "INSERT INTO dead_letter_queue (workflow_name, id, workflow_id, tenant_id, error, input, sequence_num)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (shard, dlq_id, workflow_id, tenant_id, error, None if row[1] is None else Json(row[1]), row[0]),
+            " SELECT name, %s, id, tenant_id, %s, input, sequence_num FROM workflows WHERE name = %s AND id = %s",
+            (dlq_id, error, shard, workflow_id),
         )
     conn.execute(
         "DELETE FROM task_queue WHERE workflow_name = %s AND workflow_id = %s AND task_type <> 'workflow'",
@@ -403,7 +400,7 @@ def claim_activity_tasks(conn: Conn, shards: list[str], owner: str, limit: int) 
         " UPDATE activities a SET status = 'running', updated_at = now()"
         " FROM claimed c WHERE a.workflow_name = c.workflow_name AND a.id = c.target_id"
         " RETURNING c.workflow_name, c.id, c.workflow_id, c.tenant_id, a.id, a.name, a.sequence_num,"
-        " a.input, a.attempt",
+        " a.input::text, a.attempt",
         (owner, shards, limit),
     ).fetchall()
     return [ActivityTask(*row) for row in rows]
@@ -502,9 +499,9 @@ def release_leases(conn: Conn, shards: list[str], owner: str) -> int:
 # -- inspection (the CLI) -------------------------------------------------------
 
 
-def history_rows(conn: Conn, shard: str, workflow_id: UUID) -> list[tuple[int, str, bytes]]:
+def history_rows(conn: Conn, shard: str, workflow_id: UUID) -> list[tuple[int, str, str]]:
     return conn.execute(
-        "SELECT sequence_num, event_type, event_data FROM history_events"
+        "SELECT sequence_num, event_type, event_data::text FROM history_events"
         " WHERE workflow_name = %s AND workflow_id = %s ORDER BY sequence_num, created_at, id",
         (shard, workflow_id),
     ).fetchall()
@@ -524,3 +521,68 @@ def count_tasks(conn: Conn) -> dict[str, dict[str, int]]:
     ):
         counts.setdefault(name, {})[kind] = n
     return counts
+
+
+# -- the worker fleet: heartbeats and dead workers' leases (supervisor/) --------
+#
+# worker_heartbeats is fleet metadata keyed by the lease owner, not by a shard
+# key (see migrations/002_workers.sql). Statements on task_queue made on its
+# behalf still filter by the shard names it records.
+
+
+def connect_supervisor(dsn: str, *, timeout_seconds: float) -> Conn:
+    """An autocommit connection for the supervisor, failing fast when the
+    server does not answer (a supervisor must not hang on the database)."""
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout_seconds)))
+
+
+def fleet_schema_ready(conn: Conn) -> bool:
+    """Whether the migrations the fleet needs have been applied."""
+    row = conn.execute("SELECT to_regclass('worker_heartbeats') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def register_worker(conn: Conn, *, owner: str, pid: int, host: str, shard_group: str, shards: list[str]) -> None:
+    """Announce a worker (a new process under ``owner`` starts afresh)."""
+    conn.execute(
+        "INSERT INTO worker_heartbeats (owner, pid, host, shard_group, shards) VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (owner) DO UPDATE SET pid = EXCLUDED.pid, host = EXCLUDED.host,"
+        " shard_group = EXCLUDED.shard_group, shards = EXCLUDED.shards, started_at = now(), last_beat = now()",
+        (owner, pid, host, shard_group, shards),
+    )
+
+
+def beat_worker(conn: Conn, owner: str) -> bool:
+    """Refresh the worker's heartbeat; False if its row is gone (a supervisor
+    took it for dead and released its leases): register again."""
+    return conn.execute("UPDATE worker_heartbeats SET last_beat = now() WHERE owner = %s", (owner,)).rowcount == 1
+
+
+def unregister_worker(conn: Conn, owner: str) -> None:
+    conn.execute("DELETE FROM worker_heartbeats WHERE owner = %s", (owner,))
+
+
+def release_worker(conn: Conn, owner: str, shards: list[str]) -> int:
+    """A worker is known dead: make its leased tasks due at once and forget
+    its heartbeat, in one transaction. Returns the number of tasks released."""
+    with conn.transaction():
+        released = release_leases(conn, shards, owner)
+        unregister_worker(conn, owner)
+    return released
+
+
+def release_stale_workers(conn: Conn, stale_seconds: float, alive: list[str]) -> list[tuple[str, int]]:
+    """Take the workers whose last heartbeat (by the database clock) is older
+    than ``stale_seconds``, except the ``alive`` owners, for dead: release
+    their leases and drop their rows. Two supervisors sweeping at once each
+    take a row at most once (DELETE ... RETURNING). Returns (owner, released)."""
+    out: list[tuple[str, int]] = []
+    with conn.transaction():
+        rows = conn.execute(
+            "DELETE FROM worker_heartbeats WHERE last_beat < now() - %s * interval '1 second'"
+            " AND NOT (owner = ANY(%s)) RETURNING owner, shards",
+            (stale_seconds, alive),
+        ).fetchall()
+        for owner, shards in rows:
+            out.append((owner, release_leases(conn, list(shards), owner)))
+    return out

@@ -52,6 +52,10 @@ BUSY_RECHECK_SECONDS = 0.25  # due work held by another worker: look again soon
 RECONNECT_MAX_SECONDS = 5.0
 GRACEFUL_TIMEOUT_SECONDS = float(os.environ.get("FLOWS_GRACEFUL_TIMEOUT", "30"))
 RECORD_RETRY_SECONDS = 60.0  # keep trying to record an activity result this long
+# How often a worker refreshes its worker_heartbeats row (0 = never): one
+# query each time, so keep it at ~10 s or more; supervisors take a worker
+# silent for FLOWS_STALE_SECONDS (default 30) for dead.
+HEARTBEAT_SECONDS = float(os.environ.get("FLOWS_HEARTBEAT_SECONDS", "10"))
 
 
 class Worker:
@@ -71,6 +75,7 @@ class Worker:
         worker_id: str | None = None,
         graceful_timeout: float = GRACEFUL_TIMEOUT_SECONDS,
         watch_fd: int | None = None,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.engine = engine
         wfs = list(registered_workflows() if workflows is None else workflows)
@@ -100,6 +105,9 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self._pool: Any = None
         self._listener: Any = None
+        self.heartbeat_seconds = heartbeat_seconds
+        self._beat_stop = threading.Event()
+        self._beat_thread: threading.Thread | None = None
 
     @property
     def owner(self) -> str:
@@ -146,6 +154,7 @@ class Worker:
         self._pool = store.open_pool(self.engine.dsn, min_size=1, max_size=self.concurrency + 2, name="flows-worker")
         executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="flows-activity")
         log.info("worker-start owner=%s shards=%s concurrency=%s", self.owner, ",".join(self.shards), self.concurrency)
+        self._start_heartbeat()
         backoff = 0.0
         try:
             while not self._stopping.is_set():
@@ -294,7 +303,7 @@ class Worker:
                 store.consume_signal(conn, shard, sig.id, cmd.seq)
                 store.insert_event(
                     conn, shard, wid, tenant, cmd.seq,
-                    history.SignalReceived(sig.name, sig.id, msgspec.Raw(sig.payload or b"null")),
+                    history.SignalReceived(sig.name, sig.id, msgspec.Raw(sig.payload or "null")),
                     uuid6.uuid7(),
                 )
             elif isinstance(cmd, StartTimer):
@@ -401,6 +410,47 @@ class Worker:
             store.fail_activity(conn, error=error, attempt=task.attempt, **common)  # type: ignore[arg-type]
         self._advance(conn, wf, db_now)
 
+    # -- heartbeat --------------------------------------------------------------
+
+    def _start_heartbeat(self) -> None:
+        """Keep a worker_heartbeats row fresh from a thread, so it beats on
+        while the loop is busy or waiting for activities at shutdown. A
+        supervisor that finds the row stale (this machine died) releases
+        our leases. Best effort: a failed beat is retried at the next one."""
+        if self.heartbeat_seconds > 0:
+            self._beat_thread = threading.Thread(target=self._heartbeat_loop, name="flows-heartbeat", daemon=True)
+            self._beat_thread.start()
+
+    def _heartbeat_loop(self) -> None:
+        registered = failing = False
+        while True:
+            try:
+                with self._pool.connection() as conn:
+                    if not (registered and store.beat_worker(conn, self.owner)):
+                        store.register_worker(
+                            conn, owner=self.owner, pid=os.getpid(), host=socket.gethostname(),
+                            shard_group=",".join(map(str, self.shard_indices)), shards=self.shards,
+                        )
+                        registered = True
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - the loop reports the database; keep beating
+                if not failing:
+                    log.warning("heartbeat-failed owner=%s error=%s", self.owner, exc)
+                failing = True
+            if self._beat_stop.wait(self.heartbeat_seconds):
+                return
+
+    def _stop_heartbeat(self) -> None:
+        if self._beat_thread is None:
+            return
+        self._beat_stop.set()
+        self._beat_thread.join(5.0)
+        try:
+            with self._pool.connection(timeout=5.0) as conn:
+                store.unregister_worker(conn, self.owner)
+        except Exception as exc:  # noqa: BLE001 - a supervisor sweeps the stale row later
+            log.warning("heartbeat-unregister-failed owner=%s error=%s", self.owner, exc)
+
     # -- shutdown ---------------------------------------------------------------
 
     def _shutdown(self, executor: ThreadPoolExecutor) -> None:
@@ -418,6 +468,7 @@ class Worker:
                 log.warning("worker-released-leases owner=%s count=%s", self.owner, released)
             except Exception as exc:  # noqa: BLE001 - best effort; leases expire anyway
                 log.warning("worker-release-failed owner=%s error=%s", self.owner, exc)
+        self._stop_heartbeat()
         self._close_listener()
         self._pool.close()
         if threading.current_thread() is threading.main_thread():

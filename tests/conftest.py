@@ -21,10 +21,15 @@ ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL_ENV = "FLOWS_TEST_ADMIN_URL"
 
 
+RUN_ENV = "FLOWS_TEST_RUN"
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    # Start the server once, before xdist forks its workers (they inherit the env).
+    # Start the server once, before xdist forks its workers (they inherit the
+    # env); name this run's databases apart from any other run's on the server.
     if not os.environ.get(ADMIN_URL_ENV):
         os.environ[ADMIN_URL_ENV] = os.environ.get("DATABASE_URL") or embedded.start(ROOT / ".pgdata")
+    os.environ.setdefault(RUN_ENV, f"{os.getpid():x}")
 
 
 def _admin() -> psycopg.Connection[Any]:
@@ -41,7 +46,7 @@ def _drop(conn: psycopg.Connection[Any], name: str) -> None:
 
 @pytest.fixture(scope="session")
 def template_db(worker_id: str) -> Iterator[str]:
-    name = f"flows_tmpl_{worker_id}"
+    name = f"flows_tmpl_{os.environ[RUN_ENV]}_{worker_id}"
     with _admin() as conn:
         _drop(conn, name)
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -57,7 +62,7 @@ _counter = itertools.count()
 @pytest.fixture
 def db_url(template_db: str, worker_id: str) -> Iterator[str]:
     """A fresh, migrated database for this test alone."""
-    name = f"flows_{worker_id}_{os.getpid()}_{next(_counter)}"
+    name = f"flows_{os.environ[RUN_ENV]}_{worker_id}_{next(_counter)}"
     with _admin() as conn:
         _drop(conn, name)
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db)))

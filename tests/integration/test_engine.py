@@ -194,3 +194,15 @@ def test_result_times_out_on_a_workflow_that_waits(engine: Engine) -> None:
     run = engine.start(documents, ["never"])
     with pytest.raises(TimeoutError):
         engine.result(run.workflow_name, run.workflow_id, timeout=0.3)
+
+
+def test_an_engine_can_use_the_callers_own_pool(db_url: str, worker: Any) -> None:
+    from psycopg_pool import ConnectionPool
+
+    with ConnectionPool(db_url, min_size=1, max_size=2) as pool, Engine(pool) as engine:
+        run = engine.start(documents, ["a"])
+        engine.send_signal(run.workflow_name, run.workflow_id, "doc-a", {"n": 1})
+        assert engine.result(run.workflow_name, run.workflow_id, timeout=10) == [{"n": 1}]
+        assert engine.query(run.workflow_name, run.workflow_id).output == [{"n": 1}]
+        with pool.connection() as conn:  # the caller's pool keeps its own adapters
+            assert conn.execute("SELECT '{\"a\": 1}'::jsonb").fetchone() == ({"a": 1},)

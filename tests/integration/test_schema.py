@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from flows import migrate
-from tests.conftest import ADMIN_URL_ENV, _url
+from tests.conftest import ADMIN_URL_ENV, RUN_ENV, _url
 
 TABLES = {"workflows": "name", "activities": "workflow_name", "history_events": "workflow_name",
           "timers": "workflow_name", "signals": "workflow_name", "task_queue": "workflow_name",
@@ -21,7 +21,7 @@ TABLES = {"workflows": "name", "activities": "workflow_name", "history_events": 
 
 @pytest.fixture
 def blank_url(worker_id: str) -> Iterator[str]:
-    name = f"flows_blank_{worker_id}"
+    name = f"flows_blank_{os.environ[RUN_ENV]}_{worker_id}"
     with psycopg.connect(os.environ[ADMIN_URL_ENV], autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
