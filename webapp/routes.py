@@ -78,9 +78,8 @@ def decode_body(type_: type[T]) -> T:
     if request.content_type and not (request.mimetype == "application/json" or request.mimetype.endswith("+json")):
         raise ApiError(415, "unsupported media type",
                        f"send the body as JSON with Content-Type: application/json, not {request.mimetype!r}")
-    data = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: 413 from werkzeug
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    if limit is not None and len(data) > limit:
+    data = request.get_data(cache=False)  # at most MAX_BODY_BYTES + 1 bytes (see create_app)
+    if len(data) > current_app.config["MAX_BODY_BYTES"]:
         raise RequestEntityTooLarge()
     try:
         return msgspec.json.decode(data, type=type_)
@@ -229,7 +228,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> Response:
-        limit = app.config.get("MAX_CONTENT_LENGTH")
+        limit = app.config["MAX_BODY_BYTES"]
         return json_response(ErrorBody("request body too large", f"the body exceeds {limit} bytes"), 413)
 
     @app.errorhandler(HTTPException)
