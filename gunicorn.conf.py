@@ -14,3 +14,6 @@ graceful_timeout = 10
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("FLOWS_LOG_LEVEL", "info").lower()
+# gunicorn >= 25 opens a control socket at one fixed path per user; several
+# servers on one machine (tests, a second checkout) would fight over it.
+control_socket_disable = True
