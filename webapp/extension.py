@@ -23,7 +23,7 @@ import flows
 from flows import embedded
 
 EXTENSION_KEY = "flows"
-HEALTH_PROBE_ID = UUID(int=0)  # never a workflow id (ids are UUIDv7)
+HEALTH_PROBE_NAME, HEALTH_PROBE_ID = "flows-healthz", UUID(int=0)  # no such workflow exists
 
 
 def parse_api_keys(value: Any) -> dict[str, UUID]:
@@ -139,7 +139,10 @@ class FlowsClient:
         except FutureTimeout:
             return f"no answer within {state.health_timeout_seconds:g}s"
         except flows.FlowsError as exc:
-            return str(exc)
+            # The class only (UndefinedTable, OperationalError...): the message
+            # can name hosts, and /healthz answers anyone. The log has it all.
+            current_app.logger.warning("healthz-error error=%s", exc)
+            return f"database error: {str(exc).split(':', 1)[0]} (details in the server log)"
         return None
 
 
@@ -147,7 +150,7 @@ def _probe(engine: flows.Engine) -> None:
     # A read of the workflows table through the public API: WorkflowNotFound
     # proves the database answers and is migrated.
     try:
-        engine.query("loan-application", HEALTH_PROBE_ID)
+        engine.query(HEALTH_PROBE_NAME, HEALTH_PROBE_ID)
     except flows.WorkflowNotFound:
         return
 
