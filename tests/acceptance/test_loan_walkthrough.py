@@ -251,5 +251,9 @@ def test_bad_input_and_oversized_chunked_bodies_under_gunicorn(
 
 def test_stops_cleanly_on_sigterm(loan_stack: Callable[..., Stack]) -> None:
     stack = loan_stack()
-    assert stack.call("POST", BASE, {"applicant_name": "Jane Smith", "amount": 1000, "purpose": "bike"})[0] == 201
+    code, started = stack.call("POST", BASE, {"applicant_name": "Jane Smith", "amount": 1000, "purpose": "bike"})
+    assert code == 201
+    # Once the worker has taken the workflow a step, it is in its loop (signal
+    # handlers installed): SIGTERM then means a graceful stop, exit code 0.
+    waiting(stack, f"{BASE}/loan-application/{started['workflow_id']}", "signal:document-identity")
     assert stack.stop() == {"web": 0, "worker": 0}
