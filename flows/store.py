@@ -138,7 +138,7 @@ class ActivityTask:
     activity_id: UUID
     name: str
     sequence_num: int
-    input: str | None
+    input: str | bytes | None
     attempt: int
 
 
@@ -252,15 +252,6 @@ def claim_workflow_task(conn: Conn, shards: list[str]) -> WorkflowTask | None:
     return WorkflowTask(row[0], row[1], row[2], WorkflowRow(*row[4:]), row[3])
 
 
-def lock_workflow(conn: Conn, shard: str, workflow_id: UUID) -> tuple[WorkflowRow, datetime] | None:
-    """Lock the workflow row for a replay (waiting for one in progress)."""
-    row = conn.execute(
-        f"SELECT {_WORKFLOW_COLUMNS}, now() FROM workflows WHERE name = %s AND id = %s FOR UPDATE",
-        (shard, workflow_id),
-    ).fetchone()
-    return None if row is None else (WorkflowRow(*row[:-1]), row[-1])
-
-
 def delete_task(conn: Conn, shard: str, task_id: UUID) -> None:
     conn.execute("DELETE FROM task_queue WHERE workflow_name = %s AND id = %s", (shard, task_id))
 
@@ -305,18 +296,26 @@ def insert_event(
 
 def insert_activity(
     conn: Conn, *, shard: str, activity_id: UUID, workflow_id: UUID, tenant_id: UUID, name: str, seq: int,
-    input: bytes, max_attempts: int, lease_seconds: float, task_id: UUID,
+    input: bytes, max_attempts: int, lease_seconds: float, task_id: UUID, lease_owner: str | None = None,
 ) -> None:
-    """Schedule an activity: its row and its (immediately due) task."""
+    """Schedule an activity: its row and its task, due at once; or, with
+    ``lease_owner``, already leased to that worker (which runs it next,
+    without a round trip through the queue)."""
     conn.execute(
-        "INSERT INTO activities (workflow_name, id, workflow_id, tenant_id, name, sequence_num, input, max_attempts)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        (shard, activity_id, workflow_id, tenant_id, name, seq, Json(input), max_attempts),
+        "INSERT INTO activities"
+        " (workflow_name, id, workflow_id, tenant_id, name, sequence_num, input, max_attempts, status)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (shard, activity_id, workflow_id, tenant_id, name, seq, Json(input), max_attempts,
+         "scheduled" if lease_owner is None else "running"),
     )
     conn.execute(
-        "INSERT INTO task_queue (workflow_name, id, workflow_id, tenant_id, task_type, target_id, lease_seconds)"
-        " VALUES (%s, %s, %s, %s, 'activity', %s, %s)",
-        (shard, task_id, workflow_id, tenant_id, activity_id, lease_seconds),
+        "INSERT INTO task_queue"
+        " (workflow_name, id, workflow_id, tenant_id, task_type, target_id, lease_seconds, lease_owner,"
+        " visibility_timeout)"
+        " VALUES (%s, %s, %s, %s, 'activity', %s, %s, %s,"
+        " CASE WHEN %s::text IS NULL THEN now() ELSE now() + %s * interval '1 second' END)",
+        (shard, task_id, workflow_id, tenant_id, activity_id, lease_seconds, lease_owner, lease_owner,
+         lease_seconds),
     )
 
 
@@ -406,14 +405,24 @@ def claim_activity_tasks(conn: Conn, shards: list[str], owner: str, limit: int) 
     return [ActivityTask(*row) for row in rows]
 
 
-def take_leased_task(conn: Conn, shard: str, task_id: UUID, owner: str) -> bool:
-    """Delete our leased task; False if the lease was lost (expired and taken
-    by another worker, or the workflow ended meanwhile)."""
-    row = conn.execute(
+def lock_and_take_leased_task(
+    conn: Conn, shard: str, workflow_id: UUID, task_id: UUID, owner: str
+) -> tuple[WorkflowRow, datetime] | None:
+    """Lock the workflow row for a replay and delete our leased task, in one
+    round trip. None if the lease was lost (it expired and another worker
+    took the task, or the workflow ended and dropped it)."""
+    locked = conn.execute(
+        f"SELECT {_WORKFLOW_COLUMNS}, now() FROM workflows WHERE name = %s AND id = %s FOR UPDATE",
+        (shard, workflow_id),
+    )
+    taken = conn.execute(
         "DELETE FROM task_queue WHERE workflow_name = %s AND id = %s AND lease_owner = %s RETURNING id",
         (shard, task_id, owner),
-    ).fetchone()
-    return row is not None
+    )
+    row = locked.fetchone()
+    if row is None or taken.fetchone() is None:
+        return None
+    return WorkflowRow(*row[:-1]), row[-1]
 
 
 def complete_activity(
@@ -563,11 +572,14 @@ def unregister_worker(conn: Conn, owner: str) -> None:
 
 
 def release_worker(conn: Conn, owner: str, shards: list[str]) -> int:
-    """A worker is known dead: make its leased tasks due at once and forget
-    its heartbeat, in one transaction. Returns the number of tasks released."""
+    """A worker is known dead: make its leased tasks due at once (waking the
+    shards' workers) and forget its heartbeat, in one transaction. Returns
+    the number of tasks released."""
     with conn.transaction():
         released = release_leases(conn, shards, owner)
         unregister_worker(conn, owner)
+        if released:
+            notify(conn, shards)
     return released
 
 
@@ -584,5 +596,8 @@ def release_stale_workers(conn: Conn, stale_seconds: float, alive: list[str]) ->
             (stale_seconds, alive),
         ).fetchall()
         for owner, shards in rows:
-            out.append((owner, release_leases(conn, list(shards), owner)))
+            released = release_leases(conn, list(shards), owner)
+            if released:
+                notify(conn, shards)
+            out.append((owner, released))
     return out

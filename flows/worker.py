@@ -221,7 +221,7 @@ class Worker:
         """Claim until nothing is left; return how long to sleep before the next due task."""
         while not self._stopping.is_set():
             worked = self._claim_activities(executor)
-            worked = self._run_workflow_task() or worked
+            worked = self._run_workflow_task(executor) or worked
             if not worked:
                 break
         with self._pool.connection() as conn:
@@ -242,15 +242,13 @@ class Worker:
             return False
         with self._pool.connection() as conn, conn.transaction():
             tasks = store.claim_activity_tasks(conn, self.shards, self.owner, free)
-        for task in tasks:
-            with self._in_flight_lock:
-                self._in_flight += 1
-            executor.submit(self._run_activity, task)
+        self._submit(executor, tasks)
         return bool(tasks)
 
-    def _run_workflow_task(self) -> bool:
+    def _run_workflow_task(self, executor: ThreadPoolExecutor) -> bool:
         """Claim one workflow or timer task and replay its workflow, all in one transaction."""
-        with self._pool.connection() as conn, conn.transaction():
+        lease_to = self.owner if self._free_slots() > 0 else None
+        with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             task = store.claim_workflow_task(conn, self.shards)
             if task is None:
                 return False
@@ -260,13 +258,23 @@ class Worker:
                 return True
             if task.task_type == "timer" and task.target_id is not None:
                 store.fire_timer(conn, wf.name, wf.id, wf.tenant_id, task.target_id, uuid6.uuid7())
-            self._advance(conn, wf, task.db_now)
+            leased = self._advance(conn, wf, task.db_now, lease_to)
+        self._submit(executor, leased)
         return True
+
+    def _submit(self, executor: ThreadPoolExecutor, tasks: list[store.ActivityTask]) -> None:
+        for task in tasks:
+            with self._in_flight_lock:
+                self._in_flight += 1
+            executor.submit(self._run_activity, task)
 
     # -- replay ---------------------------------------------------------------
 
-    def _advance(self, conn: Any, wf: store.WorkflowRow, db_now: datetime) -> None:
-        """Replay a locked workflow and write what the new step recorded."""
+    def _advance(
+        self, conn: Any, wf: store.WorkflowRow, db_now: datetime, lease_to: str | None
+    ) -> list[store.ActivityTask]:
+        """Replay a locked workflow and write what the new step recorded; an
+        activity it schedules is leased to ``lease_to`` (and returned) when set."""
         definition = self.workflows[sharding.base_name(wf.name)]
         if wf.version != definition.version:
             outcome = Outcome(
@@ -280,24 +288,34 @@ class Worker:
                 definition, workflow_id=wf.id, workflow_name=wf.name, tenant_id=wf.tenant_id, input=wf.input,
                 events=events, signals=[PendingSignal(*s) for s in signals], db_now=db_now,
             )
-        self._apply(conn, wf, outcome)
+        return self._apply(conn, wf, outcome, lease_to)
 
-    def _apply(self, conn: Any, wf: store.WorkflowRow, outcome: Outcome) -> None:
+    def _apply(
+        self, conn: Any, wf: store.WorkflowRow, outcome: Outcome, lease_to: str | None
+    ) -> list[store.ActivityTask]:
         shard, wid, tenant = wf.name, wf.id, wf.tenant_id
         wake = False
+        leased: list[store.ActivityTask] = []
         for cmd in outcome.commands:
             if isinstance(cmd, ScheduleActivity):
+                act = cmd.activity
+                owner = lease_to if act.name in self.activities else None
+                task_id = uuid6.uuid7()
                 store.insert_activity(
                     conn, shard=shard, activity_id=cmd.activity_id, workflow_id=wid, tenant_id=tenant,
-                    name=cmd.activity.name, seq=cmd.seq, input=cmd.input, max_attempts=cmd.activity.retry.max_attempts,
-                    lease_seconds=cmd.activity.timeout_seconds, task_id=uuid6.uuid7(),
+                    name=act.name, seq=cmd.seq, input=cmd.input, max_attempts=act.retry.max_attempts,
+                    lease_seconds=act.timeout_seconds, task_id=task_id, lease_owner=owner,
                 )
                 store.insert_event(
                     conn, shard, wid, tenant, cmd.seq,
-                    history.ActivityScheduled(cmd.activity.name, cmd.activity_id, msgspec.Raw(cmd.input)),
+                    history.ActivityScheduled(act.name, cmd.activity_id, msgspec.Raw(cmd.input)),
                     uuid6.uuid7(),
                 )
-                wake = True
+                if owner is None:
+                    wake = True
+                else:
+                    leased.append(store.ActivityTask(
+                        shard, task_id, wid, tenant, cmd.activity_id, act.name, cmd.seq, cmd.input, 0))
             elif isinstance(cmd, ConsumeSignal):
                 sig = cmd.signal
                 store.consume_signal(conn, shard, sig.id, cmd.seq)
@@ -329,28 +347,17 @@ class Worker:
             )
         if wake:
             store.notify(conn, [shard])
+        return leased
 
     # -- activities -------------------------------------------------------------
 
     def _run_activity(self, task: store.ActivityTask) -> None:
+        """Run an attempt and record it; then run the workflow's next
+        activity in this same slot, if recording it leased one to us."""
         try:
-            definition = self.activities.get(task.name)
-            ctx = ActivityContext(
-                task.workflow_id, task.shard, task.tenant_id, task.activity_id, task.name, task.sequence_num,
-                task.attempt,
-            )
-            output: bytes | None = None
-            error: str | None = None
-            try:
-                if definition is None:
-                    raise ConfigurationError(f"activity {task.name!r} is not registered in this worker")
-                result = definition.fn(ctx, codec.decode(task.input, definition.input_type))
-                output = codec.encode(result)
-            except Exception as exc:  # noqa: BLE001 - an activity may raise anything
-                error = f"{type(exc).__name__}: {exc}"
-                log.info("activity-attempt-failed name=%s id=%s attempt=%s error=%s", task.name, task.activity_id,
-                         task.attempt, error)
-            self._record(task, definition, output, error)
+            next_task: store.ActivityTask | None = task
+            while next_task is not None and not self._immediate:
+                next_task = self._attempt(next_task)
         except Exception:  # noqa: BLE001 - never lose the slot
             log.exception("activity-record-failed name=%s id=%s", task.name, task.activity_id)
         finally:
@@ -358,19 +365,39 @@ class Worker:
                 self._in_flight -= 1
             self._wake()
 
+    def _attempt(self, task: store.ActivityTask) -> store.ActivityTask | None:
+        definition = self.activities.get(task.name)
+        ctx = ActivityContext(
+            task.workflow_id, task.shard, task.tenant_id, task.activity_id, task.name, task.sequence_num,
+            task.attempt,
+        )
+        output: bytes | None = None
+        error: str | None = None
+        try:
+            if definition is None:
+                raise ConfigurationError(f"activity {task.name!r} is not registered in this worker")
+            result = definition.fn(ctx, codec.decode(task.input, definition.input_type))
+            output = codec.encode(result)
+        except Exception as exc:  # noqa: BLE001 - an activity may raise anything
+            error = f"{type(exc).__name__}: {exc}"
+            log.info("activity-attempt-failed name=%s id=%s attempt=%s error=%s", task.name, task.activity_id,
+                     task.attempt, error)
+        return self._record(task, definition, output, error)
+
     def _record(
         self, task: store.ActivityTask, definition: ActivityDefinition[Any, Any] | None, output: bytes | None,
         error: str | None,
-    ) -> None:
+    ) -> store.ActivityTask | None:
         """Record an attempt's result, retrying while the database is away; if
-        that fails for too long the lease runs out and the attempt is redone."""
+        that fails for too long the lease runs out and the attempt is redone.
+        Returns the workflow's next activity when it was leased to us."""
         deadline = time.monotonic() + RECORD_RETRY_SECONDS
         delay = 0.1
         while True:
             try:
-                with self._pool.connection() as conn, conn.transaction():
-                    self._record_once(conn, task, definition, output, error)
-                return
+                with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+                    leased = self._record_once(conn, task, definition, output, error)
+                return leased[0] if leased else None
             except store.TRANSIENT_ERRORS as exc:
                 if time.monotonic() > deadline or self._immediate:
                     raise
@@ -381,15 +408,15 @@ class Worker:
     def _record_once(
         self, conn: Any, task: store.ActivityTask, definition: ActivityDefinition[Any, Any] | None,
         output: bytes | None, error: str | None,
-    ) -> None:
+    ) -> list[store.ActivityTask]:
         shard, wid = task.shard, task.workflow_id
-        locked = store.lock_workflow(conn, shard, wid)
-        if locked is None or not store.take_leased_task(conn, shard, task.task_id, self.owner):
+        locked = store.lock_and_take_leased_task(conn, shard, wid, task.task_id, self.owner)
+        if locked is None:
             log.info("activity-lease-lost name=%s id=%s", task.name, task.activity_id)
-            return
+            return []
         wf, db_now = locked
         if wf.status != "running":
-            return
+            return []
         common = dict(
             shard=shard, workflow_id=wid, tenant_id=task.tenant_id, activity_id=task.activity_id,
             seq=task.sequence_num, name=task.name, event_id=uuid6.uuid7(),
@@ -406,9 +433,9 @@ class Worker:
                     conn, error=error, attempt=task.attempt, delay_seconds=retry.delay_seconds(failures, random.random),
                     lease_seconds=lease, task_id=uuid6.uuid7(), **common,  # type: ignore[arg-type]
                 )
-                return
+                return []
             store.fail_activity(conn, error=error, attempt=task.attempt, **common)  # type: ignore[arg-type]
-        self._advance(conn, wf, db_now)
+        return self._advance(conn, wf, db_now, None if self._stopping.is_set() else self.owner)
 
     # -- heartbeat --------------------------------------------------------------
 
