@@ -82,6 +82,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_devdb(args: argparse.Namespace) -> int:
     if args.action == "start":
         print(embedded.start())
+    elif args.action == "status":
+        running = embedded.is_running()
+        print("running" if running else "stopped")
+        return 0 if running else 1
     else:
         embedded.stop()
     return 0
@@ -111,8 +115,8 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument(arg, nargs="?" if arg == "payload" else None)
         c.add_argument("--tenant", default=None)
         c.set_defaults(fn=fn)
-    d = sub.add_parser("devdb", help="start or stop the embedded PostgreSQL")
-    d.add_argument("action", choices=["start", "stop"])
+    d = sub.add_parser("devdb", help="start, stop or check the embedded PostgreSQL (under FLOWS_PGDATA or ./.pgdata)")
+    d.add_argument("action", choices=["start", "stop", "status"])
     d.set_defaults(fn=cmd_devdb)
     return p
 

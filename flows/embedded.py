@@ -61,6 +61,21 @@ def stop(data_dir: Path | None = None) -> None:
             atexit.unregister(handle._cleanup)
 
 
+def is_running(data_dir: Path | None = None) -> bool:
+    """Whether a server is up under ``data_dir``."""
+    data_dir = data_dir or default_data_dir()
+    if not (data_dir / "postmaster.pid").exists():
+        return False
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, owned by the server's own user
+        return True
+    return True
+
+
 def database_url() -> str:
     """``DATABASE_URL`` when set, else the embedded server's URL (started if needed)."""
     return os.environ.get("DATABASE_URL") or start()

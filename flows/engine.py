@@ -24,6 +24,7 @@ from flows import codec, sharding, store
 from flows.definitions import WorkflowDefinition, _workflows
 from flows.errors import (
     ConfigurationError,
+    DatabaseError,
     InvalidInput,
     WorkflowFailed,
     WorkflowNotFound,
@@ -60,6 +61,7 @@ class WorkflowStatus(msgspec.Struct, frozen=True):
     error: str | None
     output: Any
     waiting_for: str | None
+    input: Any
     sequence_num: int
     created_at: datetime
     updated_at: datetime
@@ -241,17 +243,28 @@ class Engine:
 
     def _status(self, name: str, row: store.WorkflowRow) -> WorkflowStatus:
         definition = _workflows.get(name)
-        output_type = definition.output_type if definition is not None else Any
-        output = None
-        if row.output is not None:
+
+        def typed(data: str | None, target: Any) -> Any:
             try:
-                output = codec.decode(row.output, output_type)
+                return codec.decode(data, target if definition is not None else Any)
             except InvalidInput:  # the code changed shape since: give the raw JSON
-                output = codec.decode(row.output)
+                return codec.decode(data)
+
         return WorkflowStatus(
-            row.id, row.tenant_id, row.name, row.version, row.status, row.error, output, row.waiting_for,
+            row.id, row.tenant_id, row.name, row.version, row.status, row.error,
+            typed(row.output, definition and definition.output_type), row.waiting_for,
+            typed(row.input, definition and definition.input_type),
             row.sequence_num, row.created_at, row.updated_at, row.completed_at,
         )
+
+    def ping(self, timeout: float = 2.0) -> None:
+        """Check the database answers within ``timeout`` seconds; raise DatabaseError if not."""
+        with store.wrapped():
+            try:
+                with self.pool.connection(timeout=timeout) as conn:
+                    store.ping(conn)
+            except store.PoolTimeout as exc:
+                raise DatabaseError(f"no database connection within {timeout}s") from exc
 
     def result(
         self, workflow_name: str, workflow_id: object, *, timeout: float | None = None, tenant_id: object = None

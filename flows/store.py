@@ -19,7 +19,7 @@ import psycopg
 import psycopg.errors
 from psycopg import sql
 from psycopg.rows import tuple_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from flows import codec, history, sharding
 from flows.codec import Json
@@ -70,6 +70,10 @@ def wrapped() -> Iterator[None]:
         yield
     except psycopg.Error as exc:
         raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def ping(conn: Conn) -> None:
+    conn.execute("SELECT 1").fetchone()
 
 
 def notify(conn: Conn, shards: Iterable[str], kind: str = "flows") -> None:

@@ -33,12 +33,6 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="dev runs honcho without .venv/bin on PATH, so the Procfile's `gunicorn` is not found (rc 127);"
-    " fix: export PATH=\"$PWD/.venv/bin:$PATH\" in dev before honcho (reported to the lead)",
-)
 def test_dev_run_serves_the_walkthrough_and_stops_on_ctrl_c(db_url: str, tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "FLOWS_API_KEYS")}

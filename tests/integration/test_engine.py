@@ -206,3 +206,15 @@ def test_an_engine_can_use_the_callers_own_pool(db_url: str, worker: Any) -> Non
         assert engine.query(run.workflow_name, run.workflow_id).output == [{"n": 1}]
         with pool.connection() as conn:  # the caller's pool keeps its own adapters
             assert conn.execute("SELECT '{\"a\": 1}'::jsonb").fetchone() == ({"a": 1},)
+
+
+def test_query_shows_the_input_decoded_and_ping_answers(engine: Engine) -> None:
+    run = engine.start(three_steps, Job("in"))
+    assert engine.query(run.workflow_name, run.workflow_id).input == Job("in")
+    engine.ping()
+
+
+def test_ping_fails_clearly_when_the_database_is_unreachable() -> None:
+    with Engine("host=/nonexistent dbname=x connect_timeout=1") as engine:
+        with pytest.raises(flows.DatabaseError, match="no database connection within 0.5s"):
+            engine.ping(timeout=0.5)
