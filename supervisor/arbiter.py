@@ -1,0 +1,469 @@
+"""The supervisor's loop: keep one worker process per shard group alive.
+
+Signal handlers only record (Python writes each signal's number to a
+wake-up pipe); the loop reads the pipe and acts. Each turn it reaps every
+dead child, releases a dead worker's leases at once (it knows the owner and
+shards each worker announced), restarts what is missing, with a growing
+back-off for a worker that keeps dying at start-up, and now and then
+releases the leases of workers elsewhere whose heartbeats went stale.
+
+Workers come in generations: SIGHUP (new code), SIGTTIN and SIGTTOU (a new
+split of the shards) start a new generation beside the old one, and the old
+workers are told to stop gracefully only once every new one has booted, so
+no shard goes unserved and no activity in flight is dropped.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+from flows import sharding, store
+from flows.errors import DatabaseError
+from supervisor import child as childproc
+from supervisor.child import Ready, WorkerSpec
+from supervisor.exits import EXIT_BOOT_ERROR, EXIT_DATABASE, EXIT_OK, ChildExit, classify, signal_name
+
+log = logging.getLogger("supervisor")
+
+KILL_MARGIN_SECONDS = 5.0  # after a worker's own graceful timeout, before SIGKILL
+IMMEDIATE_KILL_SECONDS = 5.0  # SIGQUIT, then SIGKILL after this long
+BOOT_BACKOFF_INITIAL_SECONDS = 0.5  # doubled for each consecutive start-up failure
+BOOT_BACKOFF_MAX_SECONDS = 30.0
+MIN_UPTIME_SECONDS = 5.0  # a worker that exits with an error sooner crashed at start-up
+DB_TIMEOUT_SECONDS = 5.0
+STARTUP_DB_WAIT_SECONDS = float(os.environ.get("FLOWS_STARTUP_DB_WAIT_SECONDS", "10"))
+RELEASE_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    app: str
+    dsn: str
+    workers: int
+    shards: int
+    concurrency: int
+    graceful_timeout: float
+    stale_seconds: float  # a worker this long without a heartbeat is taken for dead
+
+
+@dataclass(eq=False)
+class Child:
+    pid: int
+    slot: int  # index of its shard group in the layout of its generation
+    generation: int
+    spec: WorkerSpec
+    sock: socket.socket | None
+    started: float
+    buffer: bytes = b""
+    ready: Ready | None = None
+    retiring: bool = False  # told to stop
+    kill_at: float | None = None  # SIGKILL it if still alive then
+
+
+@dataclass
+class _Generation:
+    number: int
+    layout: list[tuple[int, ...]]  # the shard groups, one worker each
+
+
+@dataclass
+class _Slot:
+    failures: int = 0  # consecutive start-up failures
+    spawn_at: float = 0.0
+
+
+class Arbiter:
+    """Forks and watches the workers of one fleet. ``run()`` returns the exit code."""
+
+    SIGNALS = (
+        signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD,
+    )
+
+    def __init__(self, config: FleetConfig) -> None:
+        self.config = config
+        self._generations = itertools.count(1)
+        self.current = self._layout(config.workers)
+        self.stable: _Generation | None = None  # the generation to fall back on while a new one boots
+        self.children: dict[int, Child] = {}
+        self.slots: dict[int, _Slot] = {}
+        self.stopping: str | None = None  # "graceful" or "immediate"
+        self.exit_code = EXIT_OK
+        self._pending_release: list[Ready] = []
+        self._release_at = 0.0
+        self._sweep_seconds = max(1.0, config.stale_seconds / 2)
+        self._sweep_at = 0.0
+        self._db: store.Conn | None = None
+        self._db_ok_since: float | None = None
+        self._wake_r = self._wake_w = -1
+
+    def _layout(self, workers: int) -> _Generation:
+        groups = sharding.split_groups(list(range(self.config.shards)), workers)
+        return _Generation(next(self._generations), [tuple(g) for g in groups])
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self) -> int:
+        if not self._check_database():
+            return EXIT_DATABASE
+        self._install_signals()
+        log.info(
+            "supervisor-start app=%s workers=%s shards=%s groups=%s concurrency=%s",
+            self.config.app, len(self.current.layout), self.config.shards,
+            " ".join(",".join(map(str, g)) for g in self.current.layout), self.config.concurrency,
+        )
+        try:
+            while True:
+                self._manage_workers()
+                if self.stopping and not self.children:
+                    break
+                ready = self._sleep(self._next_wakeup())
+                self._handle_signals()
+                self._read_children(ready)
+                self._reap_workers()
+                self._release_dead()
+                self._sweep_stale()
+                self._murder_overdue()
+        except BaseException:
+            log.exception("supervisor-crashed: killing the workers")
+            for c in list(self.children.values()):
+                self._kill(c, signal.SIGKILL)
+            raise
+        finally:
+            self._close_db()
+            self._restore_signals()
+        log.info("supervisor-stop exit_code=%s", self.exit_code)
+        return self.exit_code
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in self.SIGNALS:
+            signal.signal(sig, _record)
+
+    def _restore_signals(self) -> None:
+        if self._wake_w < 0:
+            return
+        signal.set_wakeup_fd(-1)
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_r = self._wake_w = -1
+
+    def _next_wakeup(self) -> float:
+        now = time.monotonic()
+        times = [now + self._sweep_seconds]
+        if not self.stopping:
+            times.append(self._sweep_at)
+        if self._pending_release:
+            times.append(self._release_at)
+        times += [c.kill_at for c in self.children.values() if c.kill_at is not None]
+        if not self.stopping:
+            times += [self.slots[s].spawn_at for s in self._missing_slots() if s in self.slots]
+        return max(0.0, min(times) - now)
+
+    def _sleep(self, timeout: float) -> list[int]:
+        fds = [self._wake_r] + [c.sock.fileno() for c in self.children.values() if c.sock is not None]
+        try:
+            ready, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            return []
+        return ready
+
+    def _handle_signals(self) -> None:
+        while True:
+            try:
+                data = os.read(self._wake_r, 512)
+            except BlockingIOError:
+                return
+            for signum in data:  # Python writes each signal's number as one byte
+                handler = getattr(self, f"handle_{signal_name(signum)[3:].lower()}", None)
+                if handler is not None:
+                    handler()
+
+    # -- signals -------------------------------------------------------------
+
+    def handle_chld(self) -> None:
+        pass  # the loop reaps every turn
+
+    def handle_term(self) -> None:
+        self._begin_stop(graceful=True, why="SIGTERM")
+
+    def handle_int(self) -> None:
+        # A second Ctrl-C does not wait for the activities in flight.
+        self._begin_stop(graceful=self.stopping is None, why="SIGINT")
+
+    def handle_quit(self) -> None:
+        self._begin_stop(graceful=False, why="SIGQUIT")
+
+    def handle_hup(self) -> None:
+        if self.stopping:
+            return
+        log.info("reload: starting a new generation of workers (new code); the old ones stop once it is up")
+        self._roll_to(self._layout(len(self.current.layout)))
+
+    def handle_ttin(self) -> None:
+        self._resize(len(self.current.layout) + 1, "SIGTTIN")
+
+    def handle_ttou(self) -> None:
+        self._resize(len(self.current.layout) - 1, "SIGTTOU")
+
+    def _resize(self, workers: int, why: str) -> None:
+        if self.stopping:
+            return
+        if not 1 <= workers <= self.config.shards:
+            log.warning("resize-ignored signal=%s workers=%s: a worker serves at least one of the %s shards",
+                        why, len(self.current.layout), self.config.shards)
+            return
+        log.info("resize signal=%s workers=%s->%s", why, len(self.current.layout), workers)
+        self._roll_to(self._layout(workers))
+
+    def _roll_to(self, generation: _Generation) -> None:
+        if self.stable is None:
+            self.stable = self.current
+        self.current = generation
+        self.slots.clear()
+
+    # -- workers -------------------------------------------------------------
+
+    def _missing_slots(self) -> list[int]:
+        have = {c.slot for c in self.children.values() if c.generation == self.current.number and not c.retiring}
+        return [s for s in range(len(self.current.layout)) if s not in have]
+
+    def _manage_workers(self) -> None:
+        if self.stopping:
+            return
+        now = time.monotonic()
+        for slot in self._missing_slots():
+            if now >= self.slots.setdefault(slot, _Slot()).spawn_at:
+                self._spawn(slot)
+        current = [c for c in self.children.values() if c.generation == self.current.number and not c.retiring]
+        if len(current) == len(self.current.layout) and all(c.ready for c in current):
+            old = [c for c in self.children.values() if c.generation != self.current.number and not c.retiring]
+            if self.stable is not None or old:
+                log.info("generation-up generation=%s workers=%s: stopping %s old worker(s)",
+                         self.current.number, len(current), len(old))
+            self.stable = None
+            for c in old:
+                self._retire(c)
+
+    def _spawn(self, slot: int) -> None:
+        cfg = self.config
+        spec = WorkerSpec(cfg.app, cfg.dsn, cfg.shards, self.current.layout[slot], cfg.concurrency,
+                          cfg.graceful_timeout)
+        self._close_db()  # a child must never inherit a connection
+        inherited = [self._wake_r, self._wake_w] + [c.sock.fileno() for c in self.children.values() if c.sock]
+        pid, sock = childproc.fork_worker(spec, self.SIGNALS, inherited)
+        self.children[pid] = Child(pid, slot, self.current.number, spec, sock, time.monotonic())
+        log.info("worker-spawn pid=%s group=%s generation=%s", pid, spec.label, self.current.number)
+
+    def _retire(self, c: Child, sig: int = signal.SIGTERM, within: float | None = None) -> None:
+        """Ask a worker to stop (SIGTERM: graceful; SIGQUIT: at once); SIGKILL it if it overstays."""
+        within = self.config.graceful_timeout + KILL_MARGIN_SECONDS if within is None else within
+        c.retiring = True
+        deadline = time.monotonic() + within
+        c.kill_at = deadline if c.kill_at is None else min(c.kill_at, deadline)
+        self._kill(c, sig)
+
+    def _kill(self, c: Child, sig: int) -> None:
+        try:
+            os.kill(c.pid, sig)
+        except ProcessLookupError:
+            pass  # already dead; reaped next
+
+    def _murder_overdue(self) -> None:
+        now = time.monotonic()
+        for c in list(self.children.values()):
+            if c.kill_at is not None and now >= c.kill_at:
+                log.error("worker-overdue pid=%s group=%s: sending SIGKILL", c.pid, c.spec.label)
+                c.kill_at = None
+                self._kill(c, signal.SIGKILL)
+
+    def _read_children(self, ready_fds: list[int]) -> None:
+        for c in list(self.children.values()):
+            if c.sock is None or c.sock.fileno() not in ready_fds:
+                continue
+            try:
+                data = c.sock.recv(4096)
+            except OSError:
+                data = b""
+            if not data:  # it closed its end (it is exiting); waitpid tells how
+                c.sock.close()
+                c.sock = None
+                continue
+            c.buffer += data
+            while b"\n" in c.buffer:
+                line, c.buffer = c.buffer.split(b"\n", 1)
+                try:
+                    c.ready = Ready.decode(line)
+                except (ValueError, KeyError, TypeError):
+                    log.error("worker-garbled pid=%s line=%r", c.pid, line[:200])
+                    continue
+                log.info("worker-ready pid=%s group=%s generation=%s owner=%s", c.pid, c.spec.label, c.generation,
+                         c.ready.owner)
+
+    def _reap_workers(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            if pid == 0:
+                return
+            c = self.children.pop(pid, None)
+            if c is not None:
+                self._on_exit(c, classify(status))
+
+    def _on_exit(self, c: Child, how: ChildExit) -> None:
+        if c.sock is not None:
+            c.sock.close()
+        uptime = time.monotonic() - c.started
+        expected = c.retiring and (how.clean or how.signal in (signal.SIGTERM, signal.SIGQUIT, signal.SIGKILL))
+        level = logging.INFO if expected else logging.WARNING if how.clean else logging.ERROR
+        log.log(level, "worker-exit pid=%s group=%s generation=%s %s uptime=%.1fs", c.pid, c.spec.label,
+                c.generation, how.describe(), uptime)
+        if c.ready is not None:
+            self._pending_release.append(c.ready)
+            self._release_at = 0.0
+        if self.stopping or c.retiring or c.generation != self.current.number:
+            return  # meant to stop, or replaced already (or being replaced)
+        if how.cannot_boot:
+            if self.stable is not None:  # new code that cannot boot: keep the old workers
+                log.error("reload-failed generation=%s cannot boot; keeping generation %s",
+                          self.current.number, self.stable.number)
+                self.current, self.stable = self.stable, None
+                self.slots.clear()
+                return
+            log.error("worker-cannot-boot group=%s: stopping the supervisor rather than respawning forever",
+                      c.spec.label)
+            self.exit_code = EXIT_BOOT_ERROR
+            self._begin_stop(graceful=True, why="a worker cannot boot")
+            return
+        slot = self.slots.setdefault(c.slot, _Slot())
+        crashed_early = c.ready is None or (how.code not in (None, EXIT_OK) and uptime < MIN_UPTIME_SECONDS)
+        if crashed_early:
+            slot.failures += 1
+            delay = min(BOOT_BACKOFF_MAX_SECONDS, BOOT_BACKOFF_INITIAL_SECONDS * 2 ** (slot.failures - 1))
+            slot.spawn_at = time.monotonic() + delay
+            log.warning("worker-restart-backoff group=%s failures=%s delay=%.1fs", c.spec.label, slot.failures, delay)
+        else:
+            slot.failures = 0
+            slot.spawn_at = 0.0
+
+    def _begin_stop(self, graceful: bool, why: str) -> None:
+        if self.stopping == "immediate" or (self.stopping == "graceful" and graceful):
+            return
+        self.stopping = "graceful" if graceful else "immediate"
+        log.info("supervisor-stopping mode=%s reason=%s workers=%s", self.stopping, why, len(self.children))
+        for c in list(self.children.values()):
+            if graceful:
+                self._retire(c, signal.SIGTERM)
+            else:
+                self._retire(c, signal.SIGQUIT, IMMEDIATE_KILL_SECONDS)
+
+    # -- the database ----------------------------------------------------------
+
+    def _check_database(self) -> bool:
+        """Wait a little for the database at start-up; refuse to start
+        without it, or without the fleet's migrations."""
+        deadline = time.monotonic() + STARTUP_DB_WAIT_SECONDS
+        while True:
+            try:
+                with store.wrapped():
+                    ready = store.fleet_schema_ready(self._conn())
+                break
+            except DatabaseError as exc:
+                self._close_db()
+                if time.monotonic() >= deadline:
+                    log.error("database-unreachable error=%s", exc)
+                    return False
+                time.sleep(0.5)
+        if not ready:
+            log.error("database-not-migrated: run `flows migrate` first")
+            return False
+        self._db_ok_since = time.monotonic()
+        return True
+
+    def _conn(self) -> store.Conn:
+        if self._db is None or self._db.closed:
+            self._db = store.connect_supervisor(self.config.dsn, timeout_seconds=DB_TIMEOUT_SECONDS)
+        return self._db
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except Exception:  # noqa: BLE001 - it may be broken already
+                pass
+            self._db = None
+
+    def _db_failed(self, what: str, exc: Exception) -> None:
+        log.warning("database-unavailable during=%s error=%s", what, exc)
+        self._db_ok_since = None
+        self._close_db()
+
+    def _release_dead(self) -> None:
+        """Make the tasks leased by dead workers due at once (retried while
+        the database is away; their leases would run out anyway)."""
+        if not self._pending_release or time.monotonic() < self._release_at:
+            return
+        while self._pending_release:
+            dead = self._pending_release[0]
+            try:
+                with store.wrapped():
+                    released = store.release_worker(self._conn(), dead.owner, dead.shards)
+            except DatabaseError as exc:
+                self._db_failed("release", exc)
+                self._release_at = time.monotonic() + RELEASE_RETRY_SECONDS
+                return
+            self._pending_release.pop(0)
+            self._db_ok_since = self._db_ok_since or time.monotonic()
+            if released:
+                log.warning("leases-released owner=%s count=%s", dead.owner, released)
+
+    def _sweep_stale(self) -> None:
+        """Release the leases of workers elsewhere whose heartbeats stopped.
+
+        Only judged after this supervisor has itself reached the database for
+        a full stale period: after an outage everyone's last beat is old."""
+        now = time.monotonic()
+        if self.stopping or now < self._sweep_at:
+            return
+        self._sweep_at = now + self._sweep_seconds
+        if self._db_ok_since is None:
+            try:
+                with store.wrapped():
+                    store.fleet_schema_ready(self._conn())  # a cheap probe
+                self._db_ok_since = now
+            except DatabaseError as exc:
+                self._db_failed("sweep", exc)
+            return
+        if now - self._db_ok_since < self.config.stale_seconds:
+            return
+        alive = [c.ready.owner for c in self.children.values() if c.ready is not None]
+        try:
+            with store.wrapped():
+                swept = store.release_stale_workers(self._conn(), self.config.stale_seconds, alive)
+        except DatabaseError as exc:
+            self._db_failed("sweep", exc)
+            return
+        for owner, released in swept:
+            log.warning("stale-worker-released owner=%s leases=%s", owner, released)
+
+
+def _record(signum: int, frame: object) -> None:
+    """Nothing to do: Python has written the signal number to the wake-up pipe."""

@@ -1,0 +1,42 @@
+"""One line per event on stderr, each tagged with the process id and its
+role: ``master`` for the supervisor, ``group=0,2`` for a worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+LOG_FORMAT = "%(asctime)s [%(process)d] [%(role)s] %(levelname)s %(name)s: %(message)s"
+
+
+class _Role(logging.Filter):
+    role = "master"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.role = self.role
+        return True
+
+
+_role = _Role()
+
+
+def setup(level: str | None = None) -> None:
+    """Log to stderr (what process managers collect), replacing other handlers."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_role)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level or os.environ.get("FLOWS_LOG_LEVEL", "INFO"), handlers=[handler], force=True)
+
+
+def set_role(role: str) -> None:
+    """Tag this process's lines from now on (called in a forked worker)."""
+    _role.role = role
+
+
+def flush() -> None:
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:  # noqa: BLE001 - leaving anyway
+            pass
