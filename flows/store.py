@@ -500,12 +500,15 @@ def next_due(conn: Conn, shards: list[str]) -> float | None:
 
 
 def release_leases(conn: Conn, shards: list[str], owner: str) -> int:
-    """Make the tasks leased by a dead worker due again at once."""
+    """Make the tasks leased by a dead (or stopping) worker due again at
+    once, and wake the shards' workers to take them."""
     cur = conn.execute(
         "UPDATE task_queue SET visibility_timeout = now(), lease_owner = NULL"
         " WHERE workflow_name = ANY(%s) AND lease_owner = %s",
         (shards, owner),
     )
+    if cur.rowcount:
+        notify(conn, shards)
     return cur.rowcount
 
 
@@ -582,8 +585,6 @@ def release_worker(conn: Conn, owner: str, shards: list[str]) -> int:
     with conn.transaction():
         released = release_leases(conn, shards, owner)
         unregister_worker(conn, owner)
-        if released:
-            notify(conn, shards)
     return released
 
 
@@ -600,8 +601,5 @@ def release_stale_workers(conn: Conn, stale_seconds: float, alive: list[str]) ->
             (stale_seconds, alive),
         ).fetchall()
         for owner, shards in rows:
-            released = release_leases(conn, list(shards), owner)
-            if released:
-                notify(conn, shards)
-            out.append((owner, released))
+            out.append((owner, release_leases(conn, list(shards), owner)))
     return out
