@@ -123,7 +123,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("FLOWS_LOG_LEVEL", "INFO"), format=LOG_FORMAT, stream=sys.stderr)
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, unknown = parser().parse_known_args(argv)
+    if args.command == "supervise":  # everything after the word is the supervisor's (REMAINDER drops options)
+        args.rest = argv[argv.index("supervise") + 1:]
+        if args.shards is not None:
+            args.rest = ["--shards", str(args.shards), *args.rest]
+    elif unknown:
+        parser().error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.fn(args))
     except FlowsError as exc:
