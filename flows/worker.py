@@ -52,6 +52,9 @@ BUSY_RECHECK_SECONDS = 0.25  # due work held by another worker: look again soon
 RECONNECT_MAX_SECONDS = 5.0
 GRACEFUL_TIMEOUT_SECONDS = float(os.environ.get("FLOWS_GRACEFUL_TIMEOUT", "30"))
 RECORD_RETRY_SECONDS = 60.0  # keep trying to record an activity result this long
+# Threads claiming and replaying workflow and timer tasks: replays mostly wait
+# on the database, so a few overlap well even under the GIL.
+REPLAY_THREADS = int(os.environ.get("FLOWS_REPLAY_THREADS", "3"))
 # How often a worker refreshes its worker_heartbeats row (0 = never): one
 # query each time, so keep it at ~10 s or more; supervisors take a worker
 # silent for FLOWS_STALE_SECONDS (default 30) for dead.
@@ -99,6 +102,9 @@ class Worker:
         self._stopping = threading.Event()
         self._immediate = False
         self._in_flight = 0
+        self._replayers = 0
+        self._replay_failures = 0
+        self._deadline: float | None = None
         self._in_flight_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -123,9 +129,9 @@ class Worker:
         self._stopping.set()
         self._wake()
 
-    def _wake(self) -> None:
+    def _wake(self, why: bytes = b"\0") -> None:
         try:
-            os.write(self._wake_w, b"\0")
+            os.write(self._wake_w, why)
         except BlockingIOError:  # the pipe is full: a wake-up is pending anyway
             pass
 
@@ -153,22 +159,25 @@ class Worker:
         self._install_signal_handlers()
         self._pool = store.open_pool(self.engine.dsn, min_size=1, max_size=self.concurrency + 2, name="flows-worker")
         executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="flows-activity")
+        self._replay_executor = ThreadPoolExecutor(REPLAY_THREADS, thread_name_prefix="flows-replay")
         log.info("worker-start owner=%s shards=%s concurrency=%s", self.owner, ",".join(self.shards), self.concurrency)
         self._start_heartbeat()
         backoff = 0.0
+        woken_by = {"start"}
         try:
             while not self._stopping.is_set():
                 try:
                     if self._listener is None:
-                        self._connect_listener()  # then claim at once: notifications may have been lost
-                    timeout = self._drain(executor)
+                        self._connect_listener()
+                        woken_by.add("start")  # claim at once: notifications may have been lost
+                    timeout = self._drain(executor, woken_by)
                     backoff = 0.0
                 except store.TRANSIENT_ERRORS as exc:
                     backoff = min(RECONNECT_MAX_SECONDS, backoff * 2 or 0.1)
                     log.warning("database-unavailable owner=%s error=%s retry_in=%.1fs", self.owner, exc, backoff)
                     self._close_listener()
                     timeout = backoff
-                self._wait(timeout)
+                woken_by = self._wait(timeout)
         finally:
             self._shutdown(executor)
 
@@ -189,7 +198,10 @@ class Worker:
                 pass
             self._listener = None
 
-    def _wait(self, timeout: float) -> None:
+    def _wait(self, timeout: float) -> set[str]:
+        """Sleep until a notification, a wake-up byte or ``timeout``; say which:
+        ``notify``, ``dry`` (the replay threads ran out of work), ``pipe``
+        (a slot freed, a signal) or ``timeout``."""
         fds = [self._wake_r]
         if self._listener is not None:
             fds.append(self._listener.fileno())
@@ -198,11 +210,14 @@ class Worker:
         try:
             ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
         except InterruptedError:
-            return
+            return {"pipe"}
+        woken_by = set() if ready else {"timeout"}
         if self._wake_r in ready:
+            woken_by.add("pipe")
             try:
-                while os.read(self._wake_r, 512):
-                    pass
+                while data := os.read(self._wake_r, 512):
+                    if b"d" in data:
+                        woken_by.add("dry")
             except BlockingIOError:
                 pass
         if self.watch_fd is not None and self.watch_fd in ready:
@@ -210,27 +225,59 @@ class Worker:
             self.watch_fd = None
             self.stop(graceful=True)
         if self._listener is not None and self._listener.fileno() in ready:
+            woken_by.add("notify")
             try:
                 for _ in self._listener.notifies(timeout=0):
                     pass
             except store.TRANSIENT_ERRORS as exc:
                 log.warning("listen-connection-lost owner=%s error=%s", self.owner, exc)
                 self._close_listener()
+        return woken_by
 
-    def _drain(self, executor: ThreadPoolExecutor) -> float:
-        """Claim until nothing is left; return how long to sleep before the next due task."""
-        while not self._stopping.is_set():
-            worked = self._claim_activities(executor)
-            worked = self._run_workflow_task(executor) or worked
-            if not worked:
-                break
-        with self._pool.connection() as conn:
-            due_in = store.next_due(conn, self.shards)
-        if due_in is None:
-            return SAFETY_POLL_SECONDS
-        if due_in <= 0:  # due, yet not ours to claim: held by another worker, or no free slot
-            return BUSY_RECHECK_SECONDS if self._free_slots() else SAFETY_POLL_SECONDS
-        return min(due_in, SAFETY_POLL_SECONDS)
+    def _drain(self, executor: ThreadPoolExecutor, woken_by: set[str]) -> float:
+        """Claim what is due: activities up to the free slots here, workflow
+        and timer tasks on the replay threads. Return how long to sleep."""
+        self._claim_activities(executor)
+        if woken_by & {"start", "notify", "timeout"}:
+            self._start_replayer(executor)
+        with self._in_flight_lock:
+            if self._replayers:  # the last replay thread to run dry wakes the loop
+                return SAFETY_POLL_SECONDS
+        if woken_by & {"start", "notify", "timeout", "dry"} or self._deadline is None:
+            with self._pool.connection() as conn:
+                due_in = store.next_due(conn, self.shards)
+            if due_in is None:
+                due_in = SAFETY_POLL_SECONDS
+            elif due_in <= 0:  # due, yet not ours to claim: held by another worker, or no free slot
+                due_in = BUSY_RECHECK_SECONDS if self._free_slots() else SAFETY_POLL_SECONDS
+            self._deadline = time.monotonic() + min(due_in, SAFETY_POLL_SECONDS)
+        return self._deadline - time.monotonic()
+
+    def _start_replayer(self, executor: ThreadPoolExecutor) -> None:
+        """One more replay thread, up to REPLAY_THREADS: they ramp up while
+        they find work and wind down as they run dry."""
+        with self._in_flight_lock:
+            if self._replayers >= REPLAY_THREADS:
+                return
+            self._replayers += 1
+        self._replay_executor.submit(self._replay_until_dry, executor)
+
+    def _replay_until_dry(self, executor: ThreadPoolExecutor) -> None:
+        try:
+            while not self._stopping.is_set() and self._run_workflow_task(executor):
+                self._replay_failures = 0
+                self._start_replayer(executor)
+        except Exception as exc:  # noqa: BLE001 - the database went away, or a bug: back off, then the loop retries
+            self._replay_failures += 1
+            level = logging.WARNING if isinstance(exc, store.TRANSIENT_ERRORS) else logging.ERROR
+            log.log(level, "replay-failed owner=%s error=%s", self.owner, exc, exc_info=level == logging.ERROR)
+            self._stopping.wait(min(RECONNECT_MAX_SECONDS, 0.05 * 2 ** self._replay_failures))
+        finally:
+            with self._in_flight_lock:
+                self._replayers -= 1
+                last = self._replayers == 0
+            if last:
+                self._wake(b"d")
 
     def _free_slots(self) -> int:
         with self._in_flight_lock:
@@ -481,6 +528,7 @@ class Worker:
     # -- shutdown ---------------------------------------------------------------
 
     def _shutdown(self, executor: ThreadPoolExecutor) -> None:
+        self._replay_executor.shutdown(wait=not self._immediate, cancel_futures=True)
         if self._immediate:
             executor.shutdown(wait=False, cancel_futures=True)
         else:
