@@ -27,7 +27,7 @@ def encode(value: Any) -> bytes:
 
 
 @lru_cache(maxsize=256)
-def _decoder(target: Any) -> msgspec.json.Decoder:
+def _decoder(target: Any) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(target)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Sequence, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -216,7 +216,7 @@ def replay(
     workflow_name: str,
     tenant_id: UUID,
     input: str | bytes | None,
-    events: list[tuple[int, str, str | bytes]],
+    events: Sequence[tuple[int, str, str | bytes]],
     signals: list[PendingSignal],
     db_now: datetime,
 ) -> Outcome:

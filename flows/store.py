@@ -19,7 +19,8 @@ import psycopg
 import psycopg.errors
 from psycopg import sql
 from psycopg.rows import tuple_row
-from psycopg_pool import ConnectionPool, PoolTimeout
+import psycopg_pool
+from psycopg_pool import ConnectionPool
 
 from flows import codec, history, sharding
 from flows.codec import Json
@@ -31,6 +32,7 @@ Conn = psycopg.Connection[Any]
 
 # Connection-class errors (SQLSTATE 08), shutdowns and the like: worth a retry
 # once the database is back, never a reason to fail a workflow.
+PoolTimeout = psycopg_pool.PoolTimeout  # no connection could be had in time
 TRANSIENT_ERRORS = (
     psycopg.OperationalError,
     psycopg.errors.SerializationFailure,

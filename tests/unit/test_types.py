@@ -1,0 +1,12 @@
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_the_library_type_checks_strictly() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--ignore-missing-imports", "--cache-dir", "/tmp/flows-mypy-cache",
+         "flows"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
