@@ -350,26 +350,36 @@ def insert_timer(
     )
 
 
-def update_workflow_running(conn: Conn, shard: str, workflow_id: UUID, seq: int, waiting_for: str | None) -> None:
+def _results(result: tuple[int, bytes] | None) -> Json:
+    """``{"<seq>": output}``, merged into ``workflows.activity_results``."""
+    return Json(b"{}" if result is None else b'{"%d":%s}' % (result[0], result[1]))
+
+
+def update_workflow_running(
+    conn: Conn, shard: str, workflow_id: UUID, seq: int, waiting_for: str | None,
+    result: tuple[int, bytes] | None = None,
+) -> None:
+    """Where a running workflow now stands; ``result`` is the (seq, output)
+    of the activity that just completed, if one did."""
     conn.execute(
-        "UPDATE workflows SET sequence_num = GREATEST(sequence_num, %s), waiting_for = %s, updated_at = now()"
-        " WHERE name = %s AND id = %s",
-        (seq, waiting_for, shard, workflow_id),
+        "UPDATE workflows SET sequence_num = GREATEST(sequence_num, %s), waiting_for = %s, updated_at = now(),"
+        " activity_results = activity_results || %s WHERE name = %s AND id = %s",
+        (seq, waiting_for, _results(result), shard, workflow_id),
     )
 
 
 def finish_workflow(
     conn: Conn, *, shard: str, workflow_id: UUID, tenant_id: UUID, seq: int, output: bytes | None,
-    error: str | None, event_id: UUID, dlq_id: UUID,
+    error: str | None, event_id: UUID, dlq_id: UUID, result: tuple[int, bytes] | None = None,
 ) -> None:
     """End the workflow: completed with ``output``, or failed with ``error``
     (then also a dead-letter row). Drops whatever work it still had queued."""
     status = "failed" if error is not None else "completed"
     row = conn.execute(
         "UPDATE workflows SET status = %s, output = %s, error = %s, waiting_for = NULL,"
-        " sequence_num = GREATEST(sequence_num, %s) + 1, updated_at = now(), completed_at = now()"
-        " WHERE name = %s AND id = %s RETURNING sequence_num",
-        (status, None if output is None else Json(output), error, seq, shard, workflow_id),
+        " sequence_num = GREATEST(sequence_num, %s) + 1, updated_at = now(), completed_at = now(),"
+        " activity_results = activity_results || %s WHERE name = %s AND id = %s RETURNING sequence_num",
+        (status, None if output is None else Json(output), error, seq, _results(result), shard, workflow_id),
     ).fetchone()
     assert row is not None
     event: msgspec.Struct
@@ -435,16 +445,13 @@ def complete_activity(
     conn: Conn, *, shard: str, workflow_id: UUID, tenant_id: UUID, activity_id: UUID, seq: int, name: str,
     output: bytes, attempt: int, event_id: UUID,
 ) -> None:
+    """Record an activity's output (``workflows.activity_results`` gets it
+    with the workflow's own update, after the replay)."""
     conn.execute(
         "UPDATE activities SET status = 'completed', output = %s, attempt = %s, error = NULL,"
         " next_retry_at = NULL, updated_at = now(), completed_at = now()"
         " WHERE workflow_name = %s AND id = %s",
         (Json(output), attempt, shard, activity_id),
-    )
-    conn.execute(
-        "UPDATE workflows SET activity_results = activity_results || jsonb_build_object(%s::text, %s::jsonb)"
-        " WHERE name = %s AND id = %s",
-        (str(seq), Json(output), shard, workflow_id),
     )
     insert_event(
         conn, shard, workflow_id, tenant_id, seq, history.ActivityCompleted(name, msgspec.Raw(output), attempt), event_id

@@ -318,7 +318,8 @@ class Worker:
     # -- replay ---------------------------------------------------------------
 
     def _advance(
-        self, conn: Any, wf: store.WorkflowRow, db_now: datetime, lease_to: str | None
+        self, conn: Any, wf: store.WorkflowRow, db_now: datetime, lease_to: str | None,
+        result: tuple[int, bytes] | None = None,
     ) -> list[store.ActivityTask]:
         """Replay a locked workflow and write what the new step recorded; an
         activity it schedules is leased to ``lease_to`` (and returned) when set."""
@@ -335,10 +336,11 @@ class Worker:
                 definition, workflow_id=wf.id, workflow_name=wf.name, tenant_id=wf.tenant_id, input=wf.input,
                 events=events, signals=[PendingSignal(*s) for s in signals], db_now=db_now,
             )
-        return self._apply(conn, wf, outcome, lease_to)
+        return self._apply(conn, wf, outcome, lease_to, result)
 
     def _apply(
-        self, conn: Any, wf: store.WorkflowRow, outcome: Outcome, lease_to: str | None
+        self, conn: Any, wf: store.WorkflowRow, outcome: Outcome, lease_to: str | None,
+        result: tuple[int, bytes] | None,
     ) -> list[store.ActivityTask]:
         shard, wid, tenant = wf.name, wf.id, wf.tenant_id
         wake = False
@@ -384,13 +386,13 @@ class Worker:
             elif isinstance(cmd, RecordEvent):
                 store.insert_event(conn, shard, wid, tenant, cmd.seq, cmd.event, uuid6.uuid7())
         if outcome.status == "running":
-            store.update_workflow_running(conn, shard, wid, outcome.last_seq, outcome.waiting_for)
+            store.update_workflow_running(conn, shard, wid, outcome.last_seq, outcome.waiting_for, result)
         else:
             if outcome.status == "failed":
                 log.warning("workflow-failed shard=%s id=%s error=%s", shard, wid, outcome.error)
             store.finish_workflow(
                 conn, shard=shard, workflow_id=wid, tenant_id=tenant, seq=outcome.last_seq, output=outcome.output,
-                error=outcome.error, event_id=uuid6.uuid7(), dlq_id=uuid6.uuid7(),
+                error=outcome.error, event_id=uuid6.uuid7(), dlq_id=uuid6.uuid7(), result=result,
             )
         if wake:
             store.notify(conn, [shard])
@@ -482,7 +484,8 @@ class Worker:
                 )
                 return []
             store.fail_activity(conn, error=error, attempt=task.attempt, **common)  # type: ignore[arg-type]
-        return self._advance(conn, wf, db_now, None if self._stopping.is_set() else self.owner)
+        lease_to = None if self._stopping.is_set() else self.owner
+        return self._advance(conn, wf, db_now, lease_to, None if output is None else (task.sequence_num, output))
 
     # -- heartbeat --------------------------------------------------------------
 
