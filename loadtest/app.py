@@ -5,6 +5,7 @@ from __future__ import annotations
 import flows
 
 NO_RETRY_WAIT = flows.RetryPolicy(initial_interval=0.1, max_attempts=3)
+GO_SIGNAL = "go"
 
 
 @flows.activity("lt-step", retry=NO_RETRY_WAIT)
@@ -21,8 +22,17 @@ def three_steps(ctx: flows.WorkflowContext, n: int) -> int:
 
 @flows.workflow("lt-wait-signal")
 def wait_signal(ctx: flows.WorkflowContext, n: int) -> int:
-    ctx.wait_for_signal("go")
+    ctx.wait_for_signal(GO_SIGNAL)
     return ctx.activity(step, n)
+
+
+@flows.workflow("lt-wakeup")
+def wakeup(ctx: flows.WorkflowContext, n: int) -> int:
+    """Consumes the signal and completes in one transaction, whose commit
+    announces itself on the shard's ``flows-done`` channel: the wake-up
+    scenario times signal commit to that commit from the client side."""
+    ctx.wait_for_signal(GO_SIGNAL)
+    return n
 
 
 @flows.workflow("lt-sleep")

@@ -1,0 +1,73 @@
+"""``python -m loadtest SCENARIO [options]``: run one load test, print a
+table, write ``loadtest/results/<scenario>-<time>.json`` and ``.png``.
+
+The database server is DATABASE_URL's, else the embedded one; each run
+works in databases of its own there (lt_<scenario>_<pid>_<n>), dropped at
+the end. Run one load test at a time: they measure the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from flows import embedded
+
+from loadtest import report
+from loadtest.scenarios import SCENARIOS
+from loadtest.session import RESULTS_DIR, Run, RunTimeout
+
+DEFAULT_TIMEOUT_SECONDS = 300.0
+DEFAULT_SHARDS = 6  # splits evenly over 1, 2 or 3 workers
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
+                        help="seconds the whole run may take (default %(default)s)")
+    common.add_argument("--repeat", type=int, default=1, help="repeats; the table shows medians (default 1)")
+    common.add_argument("--shards", type=int, default=DEFAULT_SHARDS, help="FLOWS_SHARDS (default %(default)s)")
+    common.add_argument("--workers", type=int, default=2, help="worker processes where one fleet runs (default 2)")
+    sub = p.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
+    for name, module in SCENARIOS.items():
+        s = sub.add_parser(name, parents=[common], help=module.HELP, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(s)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    module = SCENARIOS[args.scenario]
+    params = {k: v for k, v in vars(args).items() if k != "scenario"}
+    try:
+        with Run(args.scenario, embedded.database_url(), args.timeout, args.shards) as run:
+            runs = []
+            for i in range(args.repeat):
+                if args.repeat > 1:
+                    print(f"-- {args.scenario}: run {i + 1} of {args.repeat}", file=sys.stderr)
+                runs.append(module.measure(run, args))
+            result = report.Result(args.scenario, params, runs, module.targets(args), run.notes)
+            base = RESULTS_DIR / f"{args.scenario}-{run.stamp}"
+    except KeyboardInterrupt:
+        print("\nloadtest: interrupted; processes stopped and databases dropped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (RunTimeout, RuntimeError, TimeoutError) as exc:
+        print(f"\nloadtest: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(report.table(result))
+    report.write_json(result, base.with_suffix(".json"))
+    plotted = report.write_plot(result, base.with_suffix(".png"))
+    print(f"wrote {base.with_suffix('.json')}" + (f" and {base.with_suffix('.png')}" if plotted else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""Every SQL statement the harness runs: databases, statistics, bulk loads, timings.
+
+The library keeps its own SQL in ``flows/store.py``; this is the harness's
+side (monitoring and bulk loading), kept apart so it can never leak into the
+engine. Times come back as epoch seconds (floats) from the database clock,
+which is the machine's clock, the one the harness reads too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from flows import migrate
+
+BACKENDS_GONE_TIMEOUT_SECONDS = 10.0
+STATS_FLUSH_SECONDS = 0.5  # an exiting backend flushes its statistics just after it closes the socket
+POLL_SECONDS = 0.05
+
+
+def dsn_for(server_url: str, dbname: str) -> str:
+    """The connection string of database ``dbname`` on the server of ``server_url``."""
+    return make_conninfo(server_url, dbname=dbname)
+
+
+def dbname_of(dsn: str) -> str:
+    return str(conninfo_to_dict(dsn).get("dbname") or "postgres")
+
+
+@dataclass(frozen=True)
+class XactCounts:
+    """pg_stat_database counters of one database at one moment."""
+
+    commits: int
+    rollbacks: int
+    backends: int
+
+    def minus(self, earlier: XactCounts) -> XactCounts:
+        return XactCounts(self.commits - earlier.commits, self.rollbacks - earlier.rollbacks, self.backends)
+
+
+class Server:
+    """An autocommit connection to the server's maintenance database: creates
+    and drops the run's databases and reads statistics without adding
+    transactions to the database under test."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn = psycopg.connect(url, autocommit=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def version_num(self) -> int:
+        row = self.conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def create_database(self, name: str, *, migrated: bool = True) -> str:
+        """Create ``name`` afresh (migrated with flows' migrations unless told
+        otherwise) and return its DSN."""
+        self.drop_database(name)
+        self.conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        dsn = dsn_for(self.url, name)
+        if migrated:
+            migrate.migrate(dsn)
+        return dsn
+
+    def drop_database(self, name: str) -> None:
+        self.conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def xact_counts(self, dbname: str) -> XactCounts:
+        self.conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = self.conn.execute(
+            "SELECT xact_commit, xact_rollback, numbackends FROM pg_stat_database WHERE datname = %s", (dbname,)
+        ).fetchone()
+        return XactCounts(0, 0, 0) if row is None else XactCounts(int(row[0]), int(row[1]), int(row[2]))
+
+    def listening_backends(self, dbname: str) -> int:
+        """Sessions of ``dbname`` whose last statement was a LISTEN: one per
+        worker once it is in its loop (read here, so it adds no transaction
+        to the database under test)."""
+        row = self.conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE 'LISTEN %%'", (dbname,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def wait_backends_gone(self, dbname: str, timeout: float = BACKENDS_GONE_TIMEOUT_SECONDS) -> None:
+        """Wait until no session is connected to ``dbname`` and give the last
+        ones time to flush their counters: only then are the deltas exact."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = self.conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (dbname,)).fetchone()
+            if row is not None and row[0] == 0:
+                break
+            time.sleep(POLL_SECONDS)
+        time.sleep(STATS_FLUSH_SECONDS)
+
+    def preloads_pg_stat_statements(self) -> bool:
+        row = self.conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
+        return row is not None and "pg_stat_statements" in str(row[0])
+
+    def statement_calls(self, dbname: str) -> int:
+        """Statements executed in ``dbname`` (needs pg_stat_statements preloaded
+        and created there; the harness's own reads run elsewhere)."""
+        row = self.conn.execute(
+            "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+            " WHERE d.datname = %s",
+            (dbname,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def enable_pg_stat_statements(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+
+def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    return psycopg.connect(dsn, autocommit=autocommit)
+
+
+class Monitor:
+    """An autocommit connection to the database under test that counts its
+    own statements, so the transaction deltas can leave them out (each
+    statement here is one transaction)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.transactions = 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _one(self, query: str, params: Any = None) -> tuple[Any, ...]:
+        self.transactions += 1
+        row = self.conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+        assert row is not None
+        return row
+
+    def _all(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        self.transactions += 1
+        return self.conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+    # -- progress --------------------------------------------------------------
+
+    def ended(self, shards: list[str]) -> tuple[int, int]:
+        """(ended, failed) workflows of these shards."""
+        row = self._one(
+            "SELECT count(*) FILTER (WHERE status IN ('completed', 'failed', 'cancelled')),"
+            " count(*) FILTER (WHERE status = 'failed') FROM workflows WHERE name = ANY(%s)",
+            (shards,),
+        )
+        return int(row[0]), int(row[1])
+
+    def waiting(self, shards: list[str], waiting_for: str) -> int:
+        return int(self._one(
+            "SELECT count(*) FROM workflows WHERE name = ANY(%s) AND status = 'running' AND waiting_for = %s",
+            (shards, waiting_for),
+        )[0])
+
+    def now(self) -> float:
+        return float(self._one("SELECT extract(epoch FROM clock_timestamp())")[0])
+
+    # -- timings (epoch seconds) -----------------------------------------------
+
+    def workflow_times(self, shards: list[str]) -> list[tuple[UUID, float, float | None, str]]:
+        """(id, created_at, completed_at, status) of each workflow."""
+        return [
+            (r[0], float(r[1]), None if r[2] is None else float(r[2]), r[3])
+            for r in self._all(
+                "SELECT id, extract(epoch FROM created_at), extract(epoch FROM completed_at), status"
+                " FROM workflows WHERE name = ANY(%s)",
+                (shards,),
+            )
+        ]
+
+    def activity_times(self, shards: list[str]) -> list[tuple[float, float]]:
+        """(scheduled, recorded) of each completed activity."""
+        return [
+            (float(a), float(b))
+            for a, b in self._all(
+                "SELECT extract(epoch FROM created_at), extract(epoch FROM completed_at) FROM activities"
+                " WHERE workflow_name = ANY(%s) AND status = 'completed'",
+                (shards,),
+            )
+        ]
+
+    def event_times(self, shards: list[str], event_type: str) -> dict[UUID, float]:
+        """Each workflow's (first) event of ``event_type``: when it was written."""
+        return {
+            wid: float(at)
+            for wid, at in self._all(
+                "SELECT workflow_id, extract(epoch FROM min(created_at)) FROM history_events"
+                " WHERE workflow_name = ANY(%s) AND event_type = %s GROUP BY workflow_id",
+                (shards, event_type),
+            )
+        }
+
+    def timer_times(self, shards: list[str]) -> list[tuple[float, float | None, float | None]]:
+        """(fire_at, fired_at, timer_fired event written) of each timer."""
+        return [
+            (float(r[0]), None if r[1] is None else float(r[1]), None if r[2] is None else float(r[2]))
+            for r in self._all(
+                "SELECT extract(epoch FROM t.fire_at), extract(epoch FROM t.fired_at), extract(epoch FROM e.created_at)"
+                " FROM timers t LEFT JOIN history_events e ON e.workflow_name = t.workflow_name"
+                "  AND e.workflow_id = t.workflow_id AND e.sequence_num = t.sequence_num"
+                "  AND e.event_type = 'timer_fired'"
+                " WHERE t.workflow_name = ANY(%s)",
+                (shards,),
+            )
+        ]
+
+    def decisions(self, shards: list[str]) -> dict[str, int]:
+        """Loan outcomes: the output's ``decision``, or the status when there is none."""
+        return {
+            str(k): int(n)
+            for k, n in self._all(
+                "SELECT coalesce(output->>'decision', status), count(*) FROM workflows"
+                " WHERE name = ANY(%s) GROUP BY 1",
+                (shards,),
+            )
+        }
+
+
+# -- the pgbench baseline's own tables -----------------------------------------
+
+PGBENCH_COUNTER_ROWS = 100
+
+
+def create_pgbench_tables(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bench_counters (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0)")
+        conn.execute(
+            "INSERT INTO bench_counters (id) SELECT g FROM generate_series(1, %s) g", (PGBENCH_COUNTER_ROWS,)
+        )
+        conn.execute(
+            "CREATE TABLE bench_events (id bigserial PRIMARY KEY, counter_id int NOT NULL,"
+            " at timestamptz NOT NULL DEFAULT now())"
+        )
+
+
+PGBENCH_SCRIPT = f"""\\set id random(1, {PGBENCH_COUNTER_ROWS})
+BEGIN;
+INSERT INTO bench_events (counter_id) VALUES (:id);
+UPDATE bench_counters SET n = n + 1 WHERE id = :id;
+COMMIT;
+"""
+
+
+# -- the backlog: finished and waiting workflows, written in bulk --------------
+
+
+@dataclass(frozen=True)
+class BulkIds:
+    """Ids made in Python (UUIDv7) with the shard the engine's ring gives them."""
+
+    shards: list[str]
+    ids: list[UUID]
+
+
+def load_backlog(
+    dsn: str, *, tenant_id: UUID, finished: BulkIds, finished_activity: str, waiting_signal: BulkIds,
+    signal_name: str, sleeping: BulkIds, sleep_seconds: float, uuid7_in_sql: bool,
+) -> None:
+    """Write workflows as the engine would have left them: ``finished``
+    three-activity workflows with their activities and 8 history events
+    each, workflows waiting for ``signal_name``, and workflows asleep on a
+    timer ``sleep_seconds`` away (a timers row and its task); then VACUUM
+    ANALYZE, as autovacuum would have by then."""
+    new_id = sql.SQL("uuidv7()" if uuid7_in_sql else "gen_random_uuid()")
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "CREATE TEMP TABLE lt_done ON COMMIT DROP AS"
+            " SELECT u.name, u.id, u.n::int AS n FROM unnest(%s::text[], %s::uuid[]) WITH ORDINALITY u(name, id, n)",
+            (finished.shards, finished.ids),
+        )
+        conn.execute(
+            "INSERT INTO workflows (name, id, tenant_id, version, status, input, output, sequence_num,"
+            " activity_results, created_at, updated_at, completed_at)"
+            " SELECT name, id, %(t)s, 1, 'completed', to_jsonb(n), to_jsonb(n + 3), 4,"
+            "  jsonb_build_object('1', n + 1, '2', n + 2, '3', n + 3),"
+            "  now() - interval '1 day', now() - interval '1 day', now() - interval '1 day'"
+            " FROM lt_done",
+            {"t": tenant_id},
+        )
+        conn.execute(sql.SQL(
+            "CREATE TEMP TABLE lt_done_acts ON COMMIT DROP AS"
+            " SELECT d.name, {} AS id, d.id AS workflow_id, d.n, k FROM lt_done d, generate_series(1, 3) k"
+        ).format(new_id))
+        conn.execute(
+            "INSERT INTO activities (workflow_name, id, workflow_id, tenant_id, name, sequence_num, status, input,"
+            " output, attempt, max_attempts, created_at, updated_at, completed_at)"
+            " SELECT name, id, workflow_id, %(t)s, %(a)s, k, 'completed', to_jsonb(n + k - 1), to_jsonb(n + k), 0, 3,"
+            "  now() - interval '1 day', now() - interval '1 day', now() - interval '1 day'"
+            " FROM lt_done_acts",
+            {"t": tenant_id, "a": finished_activity},
+        )
+        conn.execute(sql.SQL(
+            "INSERT INTO history_events (workflow_name, id, workflow_id, tenant_id, sequence_num, event_type,"
+            " event_data, created_at)"
+            " SELECT name, {id}, id, %(t)s, 0, 'workflow_started', '{{\"version\": 1}}', now() - interval '1 day'"
+            "  FROM lt_done"
+            " UNION ALL SELECT name, {id}, workflow_id, %(t)s, k, 'activity_scheduled',"
+            "  jsonb_build_object('name', %(a)s::text, 'activity_id', id, 'input', n + k - 1), now() - interval '1 day'"
+            "  FROM lt_done_acts"
+            " UNION ALL SELECT name, {id}, workflow_id, %(t)s, k, 'activity_completed',"
+            "  jsonb_build_object('name', %(a)s::text, 'output', n + k, 'attempt', 0), now() - interval '1 day'"
+            "  FROM lt_done_acts"
+            " UNION ALL SELECT name, {id}, id, %(t)s, 4, 'workflow_completed', jsonb_build_object('output', n + 3),"
+            "  now() - interval '1 day' FROM lt_done"
+        ).format(id=new_id), {"t": tenant_id, "a": finished_activity})
+
+        conn.execute(
+            "INSERT INTO workflows (name, id, tenant_id, version, status, input, sequence_num, waiting_for)"
+            " SELECT name, id, %s, 1, 'running', to_jsonb(n::int), 1, %s"
+            " FROM unnest(%s::text[], %s::uuid[]) WITH ORDINALITY u(name, id, n)",
+            (tenant_id, f"signal:{signal_name}", waiting_signal.shards, waiting_signal.ids),
+        )
+        conn.execute(
+            "INSERT INTO workflows (name, id, tenant_id, version, status, input, sequence_num, waiting_for)"
+            " SELECT name, id, %s, 1, 'running', to_jsonb(%s::float8), 1, 'timer'"
+            " FROM unnest(%s::text[], %s::uuid[]) u(name, id)",
+            (tenant_id, sleep_seconds, sleeping.shards, sleeping.ids),
+        )
+        conn.execute(sql.SQL(
+            "INSERT INTO history_events (workflow_name, id, workflow_id, tenant_id, sequence_num, event_type,"
+            " event_data)"
+            " SELECT name, {}, id, %s, 0, 'workflow_started', '{{\"version\": 1}}'"
+            " FROM unnest(%s::text[], %s::uuid[]) u(name, id)"
+        ).format(new_id), (tenant_id, waiting_signal.shards + sleeping.shards, waiting_signal.ids + sleeping.ids))
+        conn.execute(sql.SQL(
+            "CREATE TEMP TABLE lt_sleep ON COMMIT DROP AS"
+            " SELECT u.name, u.id, {} AS timer_id, now() + %s * interval '1 second' AS fire_at"
+            " FROM unnest(%s::text[], %s::uuid[]) u(name, id)"
+        ).format(new_id), (sleep_seconds, sleeping.shards, sleeping.ids))
+        conn.execute(
+            "INSERT INTO timers (workflow_name, id, workflow_id, tenant_id, sequence_num, fire_at)"
+            " SELECT name, timer_id, id, %s, 1, fire_at FROM lt_sleep",
+            (tenant_id,),
+        )
+        conn.execute(sql.SQL(
+            "INSERT INTO task_queue (workflow_name, id, workflow_id, tenant_id, task_type, target_id,"
+            " visibility_timeout)"
+            " SELECT name, {}, id, %s, 'timer', timer_id, fire_at FROM lt_sleep"
+        ).format(new_id), (tenant_id,))
+        conn.execute(sql.SQL(
+            "INSERT INTO history_events (workflow_name, id, workflow_id, tenant_id, sequence_num, event_type,"
+            " event_data)"
+            " SELECT name, {}, id, %s, 1, 'timer_started',"
+            "  jsonb_build_object('timer_id', timer_id, 'fire_at', fire_at, 'seconds', %s::float8)"
+            " FROM lt_sleep"
+        ).format(new_id), (tenant_id, sleep_seconds))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+
+
+def table_rows(dsn: str, tables: Iterable[str]) -> dict[str, int]:
+    """Exact row counts, for the report of what the backlog holds."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return {
+            t: int(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0])  # type: ignore[index]
+            for t in tables
+        }
+
+
+def listen(conn: psycopg.Connection[Any], channel: str) -> None:
+    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))

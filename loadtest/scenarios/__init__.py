@@ -1,0 +1,13 @@
+"""The scenarios, by name. Each module has HELP, ``add_arguments(parser)``,
+``targets(args)`` (the issue's bars) and ``measure(run, args)`` (one repeat,
+returning a ``report.Measurement``)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from loadtest.scenarios import throughput
+
+SCENARIOS: dict[str, ModuleType] = {
+    "throughput": throughput,
+}

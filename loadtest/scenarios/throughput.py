@@ -1,0 +1,132 @@
+"""``throughput``: N three-activity workflows through fleets of 1 and 2
+workers, against the pgbench baseline, with transactions per step.
+
+The workflows are started in one transaction once the fleet listens, so the
+clock runs from that commit to the last workflow's completion. Transactions
+are pg_stat_database deltas of the run's database taken while nothing else
+is connected to it, less the harness's own (counted); they include the
+fleet's start-up and shutdown (a few dozen), a small overcount.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import flows
+
+from loadtest import app, db, pgbench, stats, workload
+from loadtest.report import Measurement, Series, Target
+from loadtest.session import Run
+
+HELP = "N three-step workflows, fleets of 1 and 2 workers, vs a pgbench baseline"
+DEFAULT_WORKFLOWS = 2000
+STEPS_PER_WORKFLOW = 3  # lt-three-steps runs three activities
+TARGET_RATIO = 0.15  # steps/s of 2 workers >= this x pgbench tps
+TARGET_XACTS_PER_STEP = 2.0
+APP = "loadtest.app"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workflows", type=int, default=DEFAULT_WORKFLOWS, help="workflows per fleet size")
+    p.add_argument("--fleets", default="1,2", help="fleet sizes (worker processes) to measure, comma-separated")
+    p.add_argument("--pgbench-seconds", type=int, default=pgbench.BASELINE_SECONDS, help="0 skips the baseline")
+
+
+def fleet_sizes(args: argparse.Namespace) -> list[int]:
+    return [int(w) for w in args.fleets.split(",") if w.strip()]
+
+
+def targets(args: argparse.Namespace) -> list[Target]:
+    largest = max(fleet_sizes(args))
+    return [
+        Target(f"w{largest}_steps_per_s_vs_pgbench", ">=", TARGET_RATIO),
+        Target(f"w{largest}_xacts_per_step", "<=", TARGET_XACTS_PER_STEP),
+    ]
+
+
+@dataclass
+class BatchFigures:
+    workflows: int
+    failed: int
+    seconds: float
+    steps: int
+    commits: int
+    rollbacks: int
+    step_latencies_ms: list[float]
+    series: Series
+
+    @property
+    def workflows_per_s(self) -> float:
+        return self.workflows / self.seconds
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / self.seconds
+
+    @property
+    def xacts_per_step(self) -> float:
+        return self.commits / max(1, self.steps)
+
+
+def measure_batch(run: Run, dsn: str, workers: int, n: int) -> BatchFigures:
+    """Run ``n`` lt-three-steps workflows through a fleet of ``workers`` on ``dsn``."""
+    dbname = db.dbname_of(dsn)
+    engine = flows.Engine(dsn, shards=run.shards)
+    shards = engine.shard_names(app.three_steps.name)
+    run.server.wait_backends_gone(dbname)
+    before = run.server.xact_counts(dbname)
+    with run.fleet(APP, dsn, workers) as proc:
+        _, t0 = workload.start_batch(engine, dsn, app.three_steps, range(n))
+        monitor = db.Monitor(dsn)
+        try:
+            run.wait_for(f"{n} workflows, {workers}w", n, lambda: monitor.ended(shards)[0], procs=(proc,))
+        finally:
+            monitor.close()
+    run.server.wait_backends_gone(dbname)
+    delta = run.server.xact_counts(dbname).minus(before)
+    ours = monitor.transactions + 1  # the polls and the one start transaction
+    results = db.Monitor(dsn)
+    try:
+        times = results.workflow_times(shards)
+        acts = results.activity_times(shards)
+    finally:
+        results.close()
+    ended = [c for _, _, c, _ in times if c is not None]
+    return BatchFigures(
+        workflows=len(ended),
+        failed=sum(1 for *_, status in times if status == "failed"),
+        seconds=max(ended) - t0,
+        steps=len(acts),
+        commits=delta.commits - ours,
+        rollbacks=delta.rollbacks,
+        step_latencies_ms=[(done - scheduled) * 1000.0 for scheduled, done in acts],
+        series=stats.rate_series([done for _, done in acts], t0),
+    )
+
+
+def measure(run: Run, args: argparse.Namespace) -> Measurement:
+    metrics: dict[str, float | int | None] = {}
+    m = Measurement(metrics, series_title="activity steps recorded per second", latency_title="step latency (ms)")
+    tps = None
+    if args.pgbench_seconds > 0:
+        with run.database(migrated=False) as dsn:
+            baseline = pgbench.run_baseline(dsn, seconds=args.pgbench_seconds, timeout=max(1.0, run.remaining()))
+        tps = baseline.tps
+        metrics["pgbench_tps"] = tps
+        run.note(f"baseline: {baseline.command}")
+    for workers in fleet_sizes(args):
+        with run.database() as dsn:
+            fig = measure_batch(run, dsn, workers, args.workflows)
+        w = f"w{workers}"
+        metrics[f"{w}_workflows_per_s"] = fig.workflows_per_s
+        metrics[f"{w}_steps_per_s"] = fig.steps_per_s
+        metrics[f"{w}_steps_per_s_vs_pgbench"] = None if tps is None else fig.steps_per_s / tps
+        metrics[f"{w}_xacts_per_step"] = fig.xacts_per_step
+        metrics[f"{w}_rollbacks"] = fig.rollbacks
+        metrics[f"{w}_failed"] = fig.failed
+        metrics[f"{w}_step_p50_ms"] = stats.percentile(fig.step_latencies_ms, 50)
+        metrics[f"{w}_step_p99_ms"] = stats.percentile(fig.step_latencies_ms, 99)
+        m.series[f"{workers} worker(s)"] = fig.series
+        m.latencies_ms[f"{workers} worker(s)"] = fig.step_latencies_ms
+    return m

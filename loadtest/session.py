@@ -1,0 +1,143 @@
+"""One run of the harness: its deadline, its databases and its processes.
+
+Everything a run creates is a context manager, so it is cleaned up in
+reverse order however the run ends (success, failure, the deadline, Ctrl-C
+or SIGTERM): the processes stop before their database is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Callable, Iterator
+
+from loadtest import db, fleet
+from loadtest.progress import Progress
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+FLEET_READY_TIMEOUT_SECONDS = 30.0
+WAIT_POLL_SECONDS = 0.25  # progress polls: one cheap query each, counted and left out of the deltas
+READY_POLL_SECONDS = 0.05
+
+
+class RunTimeout(Exception):
+    """The run's --timeout ran out."""
+
+
+class Run:
+    """Deadline, resources and naming of one ``python -m loadtest`` run."""
+
+    def __init__(self, scenario: str, server_url: str, timeout_seconds: float, shards: int) -> None:
+        self.scenario = scenario
+        self.server_url = server_url
+        self.shards = shards
+        self.started = time.time()
+        self.deadline = time.monotonic() + timeout_seconds
+        self.tag = f"{scenario}_{os.getpid()}"
+        self.stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.started))
+        self.server = db.Server(server_url)
+        self.notes: list[str] = []  # what the report should say about how it measured
+        self._databases = 0
+
+    # -- lifetime -------------------------------------------------------------
+
+    def __enter__(self) -> Run:
+        self._old_term = signal.signal(signal.SIGTERM, _interrupt)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.close()
+        signal.signal(signal.SIGTERM, self._old_term)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def check_deadline(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise RunTimeout(f"{self.scenario}: the run's --timeout ran out")
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def log_path(self, name: str) -> Path:
+        return RESULTS_DIR / "logs" / f"{self.scenario}-{self.stamp}-{name}.log"
+
+    # -- resources (context managers: they clean up however the block ends) ---
+
+    @contextlib.contextmanager
+    def database(self, *, migrated: bool = True) -> Iterator[str]:
+        """A fresh database ``lt_<scenario>_<pid>_<n>`` (migrated unless told
+        otherwise), dropped when the block ends; yields its DSN."""
+        self._databases += 1
+        name = f"lt_{self.tag}_{self._databases}"
+        try:
+            yield self.server.create_database(name, migrated=migrated)
+        finally:
+            self.server.drop_database(name)
+
+    @contextlib.contextmanager
+    def fleet(
+        self, app: str, dsn: str, workers: int, env: dict[str, str] | None = None
+    ) -> Iterator[fleet.ProcessGroup]:
+        """The supervisor with ``workers`` worker processes, yielded once each
+        worker listens (it then claims); stopped when the block ends."""
+        proc = fleet.start_fleet(
+            app=app, dsn=dsn, workers=workers, shards=self.shards, log_path=self.log_path(f"fleet-w{workers}"),
+            env=env,
+        )
+        try:
+            deadline = min(self.deadline, time.monotonic() + FLEET_READY_TIMEOUT_SECONDS)
+            dbname = db.dbname_of(dsn)
+            while self.server.listening_backends(dbname) < workers:
+                proc.check_alive()
+                if time.monotonic() > deadline:
+                    raise RunTimeout(f"the fleet did not come up; see {proc.log_path}")
+                time.sleep(READY_POLL_SECONDS)
+            yield proc
+        finally:
+            proc.stop()
+
+    @contextlib.contextmanager
+    def web(self, dsn: str, env: dict[str, str] | None = None) -> Iterator[int]:
+        """gunicorn serving the loan API on a free port, yielded once /healthz
+        answers; stopped when the block ends."""
+        port = fleet.free_port()
+        proc = fleet.start_web(dsn=dsn, shards=self.shards, port=port, log_path=self.log_path("gunicorn"), env=env)
+        try:
+            fleet.wait_http_ok(port, "/healthz", min(self.deadline, time.monotonic() + FLEET_READY_TIMEOUT_SECONDS), proc)
+            yield port
+        finally:
+            proc.stop()
+
+    # -- waiting ----------------------------------------------------------------
+
+    def wait_for(
+        self, what: str, total: int, count: Callable[[], int], *, procs: tuple[fleet.ProcessGroup, ...] = ()
+    ) -> int:
+        """Poll ``count()`` with a progress line until it reaches ``total``;
+        fail on the deadline or if a process under test died."""
+        progress = Progress(what, total)
+        try:
+            while True:
+                done = count()
+                progress.update(done)
+                if done >= total:
+                    return done
+                for p in procs:
+                    p.check_alive()
+                self.check_deadline()
+                time.sleep(WAIT_POLL_SECONDS)
+        finally:
+            progress.close()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM stops the harness the way Ctrl-C does: the exception unwinds
+    # through every clean-up registered so far (the harness is no daemon:
+    # there is no loop to hand the signal to).
+    raise KeyboardInterrupt(f"signal {signum}")
