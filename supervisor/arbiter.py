@@ -263,7 +263,13 @@ class Arbiter:
                           cfg.graceful_timeout)
         self._close_db()  # a child must never inherit a connection
         inherited = [self._wake_r, self._wake_w] + [c.sock.fileno() for c in self.children.values() if c.sock]
-        pid, sock = childproc.fork_worker(spec, self.SIGNALS, inherited)
+        try:
+            pid, sock = childproc.fork_worker(spec, self.SIGNALS, inherited)
+        except OSError as exc:  # out of processes or memory: try again later
+            state = self.slots.setdefault(slot, _Slot())
+            state.spawn_at = time.monotonic() + BOOT_BACKOFF_MAX_SECONDS / 10
+            log.error("worker-fork-failed group=%s error=%s", spec.label, exc)
+            return
         self.children[pid] = Child(pid, slot, self.current.number, spec, sock, time.monotonic())
         log.info("worker-spawn pid=%s group=%s generation=%s", pid, spec.label, self.current.number)
 

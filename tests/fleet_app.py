@@ -27,6 +27,9 @@ if os.environ.get("FLEET_APP_EXIT_AT_IMPORT"):
 _broken_marker = os.environ.get("FLEET_APP_BROKEN_IF")
 if _broken_marker and os.path.exists(_broken_marker):
     raise ImportError("tests.fleet_app is broken (marker file present)")
+# Which "release" of the code this process imported (SIGHUP must load the new one).
+_release_file = os.environ.get("FLEET_APP_RELEASE_FILE")
+RELEASE = open(_release_file).read().strip() if _release_file else "none"
 
 LEDGER_SQL = (
     "CREATE TABLE fleet_ledger (key text PRIMARY KEY, n int NOT NULL, step text NOT NULL, pid int NOT NULL,"
@@ -109,3 +112,13 @@ def always_fails(ctx: flows.ActivityContext, n: int) -> str:
 @flows.workflow("fleet-poison")
 def poison(ctx: flows.WorkflowContext, n: int) -> str:
     return ctx.activity(always_fails, n)
+
+
+@flows.activity("fleet-release")
+def release_activity(ctx: flows.ActivityContext, _: None) -> str:
+    return RELEASE
+
+
+@flows.workflow("fleet-release")
+def release_workflow(ctx: flows.WorkflowContext, _: None) -> str:
+    return ctx.activity(release_activity, None)

@@ -128,6 +128,7 @@ class Fleet:
         self._reader.join(5)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+        print(f"--- supervisor {self.pid} log ---\n{self.log()}")  # shown for failed tests (or with -rP)
 
 
 @pytest.fixture

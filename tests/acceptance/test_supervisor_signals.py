@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 from flows import Engine
+from tests import fleet_app
 from tests.acceptance.fleet_harness import (
     EXIT,
     READY,
@@ -23,6 +27,7 @@ from tests.acceptance.fleet_harness import (
     start_orders,
     wait_until,
 )
+from tests.conftest import ROOT
 
 __all__ = ["fleets", "ledger"]  # fixtures
 
@@ -162,3 +167,43 @@ def test_sighup_with_code_that_cannot_boot_keeps_the_old_workers(
     assert not set(fleet.wait_ready(2)) & set(old)
     fleet.send(signal.SIGTERM)
     assert fleet.wait() == 0, fleet.log()
+
+
+def test_sighup_loads_the_new_code(
+    db_url: str, engine: Engine, fleets: Callable[..., Fleet], tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    release.write_text("v1")
+    fleet = fleets(db_url, "--workers", "2", FLEET_APP_RELEASE_FILE=str(release))
+    old = fleet.wait_ready(2)
+
+    def run() -> str:
+        started = engine.start(fleet_app.release_workflow, None)
+        return str(engine.result(started.workflow_name, started.workflow_id, timeout=20))
+
+    assert run() == "v1"
+    release.write_text("v2")  # a deploy
+    fleet.send(signal.SIGHUP)
+    fleet.wait_log("generation-up generation=2")
+    wait_until(lambda: not any(alive(pid) for pid in old), what="the old workers to leave")
+    assert run() == "v2"
+
+
+def test_flows_supervise_is_the_same_command(db_url: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "supervise", "--app", "tests.fleet_app", "--workers", "1"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "DATABASE_URL": db_url},
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "worker-ready" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "supervisor-stop exit_code=0" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
