@@ -1,0 +1,77 @@
+"""Worker heartbeats (worker_heartbeats) and the store functions supervisors
+use to release a dead worker's leases."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable
+
+import psycopg
+
+from flows import Engine, Worker, store
+from tests import fleet_app
+from tests.acceptance.fleet_harness import wait_until
+
+
+def beats(db: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return db.execute(
+        "SELECT owner, pid, host, shard_group, shards, last_beat FROM worker_heartbeats ORDER BY owner").fetchall()
+
+
+def test_a_worker_announces_itself_beats_and_leaves(
+    db: psycopg.Connection[Any], start_worker: Callable[..., Worker]
+) -> None:
+    worker = start_worker([fleet_app.order], [], shards=[0, 2], heartbeat_seconds=0.1)
+    first = wait_until(lambda: beats(db), what="a heartbeat row")
+    owner, pid, host, group, shards, beat = first[0]
+    assert (owner, pid, host, group) == (worker.owner, os.getpid(), socket.gethostname(), "0,2")
+    assert shards == ["fleet-order-shard-0", "fleet-order-shard-2"]
+    wait_until(lambda: beats(db)[0][5] > beat, what="a later beat")
+
+    db.execute("DELETE FROM worker_heartbeats")  # a supervisor took it for dead
+    wait_until(lambda: beats(db), what="the worker to register again")
+
+    worker.stop()
+    wait_until(lambda: not beats(db), what="the row to go with the worker")
+
+
+def _lease(db: psycopg.Connection[Any], engine: Engine, start_worker: Callable[..., Worker], owner: str) -> list[str]:
+    """Schedule one activity and lease it to ``owner``; return the shards."""
+    replayer = start_worker([fleet_app.order], [], heartbeat_seconds=0)
+    engine.start(fleet_app.order, fleet_app.Order(1))
+    wait_until(lambda: db.execute("SELECT 1 FROM task_queue WHERE task_type = 'activity'").fetchone())
+    replayer.stop()
+    shards = engine.shard_names("fleet-order")
+    with db.transaction():
+        assert len(store.claim_activity_tasks(db, shards, owner, 10)) == 1
+    return shards
+
+
+def leased_to(db: psycopg.Connection[Any], owner: str) -> int:
+    return int(db.execute("SELECT count(*) FROM task_queue WHERE lease_owner = %s", (owner,)).fetchone()[0])
+
+
+def test_release_worker_frees_its_leases_and_forgets_it(
+    db: psycopg.Connection[Any], engine: Engine, start_worker: Callable[..., Worker]
+) -> None:
+    shards = _lease(db, engine, start_worker, "gone:1")
+    store.register_worker(db, owner="gone:1", pid=1, host="gone", shard_group="0,1,2", shards=shards)
+    assert store.release_worker(db, "gone:1", shards) == 1
+    assert leased_to(db, "gone:1") == 0 and beats(db) == []
+    assert db.execute("SELECT count(*) FROM task_queue WHERE visibility_timeout <= now()").fetchone() == (1,)
+    assert store.release_worker(db, "gone:1", shards) == 0
+
+
+def test_only_stale_workers_not_known_alive_are_swept(
+    db: psycopg.Connection[Any], engine: Engine, start_worker: Callable[..., Worker]
+) -> None:
+    shards = _lease(db, engine, start_worker, "stale:1")
+    for owner in ("stale:1", "fresh:2", "alive-but-silent:3"):
+        store.register_worker(db, owner=owner, pid=1, host="h", shard_group="0,1,2", shards=shards)
+    db.execute("UPDATE worker_heartbeats SET last_beat = now() - interval '1 minute' WHERE owner <> 'fresh:2'")
+
+    assert store.release_stale_workers(db, 30, alive=["alive-but-silent:3"]) == [("stale:1", 1)]
+    assert [row[0] for row in beats(db)] == ["alive-but-silent:3", "fresh:2"]
+    assert leased_to(db, "stale:1") == 0
+    assert store.release_stale_workers(db, 30, alive=["alive-but-silent:3"]) == []
