@@ -52,14 +52,16 @@ def connect(dsn: str, *, autocommit: bool = False) -> Conn:
 def open_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "flows", check: bool = False
 ) -> ConnectionPool:
-    """A connection pool. Open it after fork().
+    """A pool of autocommit connections (a lone statement costs no BEGIN and
+    COMMIT; every multi-statement write says ``conn.transaction()``). Open it
+    after fork().
 
     ``check`` tests each connection as it is handed out (one round trip), so
     a client never gets one the server closed while it sat idle; the worker
     goes without and retries its loop instead."""
     pool = ConnectionPool(
         dsn, min_size=min_size, max_size=max_size, name=name, open=False, timeout=30.0,
-        check=ConnectionPool.check_connection if check else None,
+        kwargs={"autocommit": True}, check=ConnectionPool.check_connection if check else None,
     )
     pool.open(wait=False)
     return pool

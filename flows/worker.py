@@ -104,7 +104,7 @@ class Worker:
         self._in_flight = 0
         self._replayers = 0
         self._replay_failures = 0
-        self._deadline: float | None = None
+        self._deadline = 0.0  # time.monotonic() of the next look at the queue
         self._in_flight_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -237,21 +237,29 @@ class Worker:
     def _drain(self, executor: ThreadPoolExecutor, woken_by: set[str]) -> float:
         """Claim what is due: activities up to the free slots here, workflow
         and timer tasks on the replay threads. Return how long to sleep."""
+        if woken_by == {"timeout"} and self._time_to_next_due() > 0:
+            return self._deadline - time.monotonic()  # a safety poll that found nothing: one query
         self._claim_activities(executor)
         if woken_by & {"start", "notify", "timeout"}:
             self._start_replayer(executor)
         with self._in_flight_lock:
             if self._replayers:  # the last replay thread to run dry wakes the loop
                 return SAFETY_POLL_SECONDS
-        if woken_by & {"start", "notify", "timeout", "dry"} or self._deadline is None:
-            with self._pool.connection() as conn:
-                due_in = store.next_due(conn, self.shards)
-            if due_in is None:
-                due_in = SAFETY_POLL_SECONDS
-            elif due_in <= 0:  # due, yet not ours to claim: held by another worker, or no free slot
-                due_in = BUSY_RECHECK_SECONDS if self._free_slots() else SAFETY_POLL_SECONDS
-            self._deadline = time.monotonic() + min(due_in, SAFETY_POLL_SECONDS)
+        if woken_by & {"start", "notify", "timeout", "dry"}:
+            due_in = self._time_to_next_due()
+            if due_in <= 0:  # due, yet not ours to claim: held by another worker, or no free slot
+                self._deadline = time.monotonic() + (
+                    BUSY_RECHECK_SECONDS if self._free_slots() else SAFETY_POLL_SECONDS)
         return self._deadline - time.monotonic()
+
+    def _time_to_next_due(self) -> float:
+        """Seconds until the earliest task of our shards is due (by the
+        database clock); sets the deadline, capped by the safety poll."""
+        with self._pool.connection() as conn:
+            due_in = store.next_due(conn, self.shards)
+        due_in = SAFETY_POLL_SECONDS if due_in is None else min(due_in, SAFETY_POLL_SECONDS)
+        self._deadline = time.monotonic() + max(0.0, due_in)
+        return due_in
 
     def _start_replayer(self, executor: ThreadPoolExecutor) -> None:
         """One more replay thread, up to REPLAY_THREADS: they ramp up while
