@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
 
 from flows import embedded
@@ -42,11 +44,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def code_revision() -> str:
+    """The commit measured, with ``-dirty`` when flows/, supervisor/ or
+    webapp/ have uncommitted changes (the fleet runs the working tree)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "flows", "supervisor", "webapp"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     module = SCENARIOS[args.scenario]
     params = {k: v for k, v in vars(args).items() if k != "scenario"}
+    params["revision"] = code_revision()
+    params["cpus"] = os.cpu_count()
     try:
         with Run(args.scenario, embedded.database_url(), args.timeout, args.shards) as run:
             runs = []

@@ -159,6 +159,15 @@ class Monitor:
         )
         return int(row[0]), int(row[1])
 
+    def ended_among(self, names: list[str], ids: list[UUID]) -> int:
+        """How many of these workflows (sharded name, id) have ended: primary
+        key look-ups, so a table full of older workflows costs nothing."""
+        return int(self._one(
+            "SELECT count(*) FROM workflows w JOIN unnest(%s::text[], %s::uuid[]) u(name, id)"
+            " ON w.name = u.name AND w.id = u.id WHERE w.status IN ('completed', 'failed', 'cancelled')",
+            (names, ids),
+        )[0])
+
     def waiting(self, shards: list[str], waiting_for: str) -> int:
         return int(self._one(
             "SELECT count(*) FROM workflows WHERE name = ANY(%s) AND status = 'running' AND waiting_for = %s",
@@ -170,25 +179,31 @@ class Monitor:
 
     # -- timings (epoch seconds) -----------------------------------------------
 
-    def workflow_times(self, shards: list[str]) -> list[tuple[UUID, float, float | None, str]]:
-        """(id, created_at, completed_at, status) of each workflow."""
-        return [
-            (r[0], float(r[1]), None if r[2] is None else float(r[2]), r[3])
-            for r in self._all(
-                "SELECT id, extract(epoch FROM created_at), extract(epoch FROM completed_at), status"
-                " FROM workflows WHERE name = ANY(%s)",
-                (shards,),
-            )
-        ]
+    def workflow_times(
+        self, shards: list[str], ids: list[UUID] | None = None
+    ) -> list[tuple[UUID, float, float | None, str]]:
+        """(id, created_at, completed_at, status) of each workflow of these
+        shards, or only of those ``ids`` (ids[i] on shards[i])."""
+        query = (
+            "SELECT w.id, extract(epoch FROM w.created_at), extract(epoch FROM w.completed_at), w.status"
+            " FROM workflows w"
+        )
+        rows = self._all(
+            query + " WHERE w.name = ANY(%s)" if ids is None else
+            query + " JOIN unnest(%s::text[], %s::uuid[]) u(name, id) ON w.name = u.name AND w.id = u.id",
+            (shards,) if ids is None else (shards, ids),
+        )
+        return [(r[0], float(r[1]), None if r[2] is None else float(r[2]), r[3]) for r in rows]
 
-    def activity_times(self, shards: list[str]) -> list[tuple[float, float]]:
-        """(scheduled, recorded) of each completed activity."""
+    def activity_times(self, shards: list[str], ids: list[UUID]) -> list[tuple[float, float]]:
+        """(scheduled, recorded) of each completed activity of these workflows (ids[i] on shards[i])."""
         return [
             (float(a), float(b))
             for a, b in self._all(
-                "SELECT extract(epoch FROM created_at), extract(epoch FROM completed_at) FROM activities"
-                " WHERE workflow_name = ANY(%s) AND status = 'completed'",
-                (shards,),
+                "SELECT extract(epoch FROM a.created_at), extract(epoch FROM a.completed_at) FROM activities a"
+                " JOIN unnest(%s::text[], %s::uuid[]) u(name, id) ON a.workflow_name = u.name AND a.workflow_id = u.id"
+                " WHERE a.status = 'completed'",
+                (shards, ids),
             )
         ]
 

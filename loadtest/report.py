@@ -113,6 +113,8 @@ def write_plot(result: Result, path: Path) -> bool:
         print("loadtest: matplotlib is not installed; no plot written", file=sys.stderr)
         return False
     run = result.runs[-1]
+    if not any(run.series.values()) and not any(run.latencies_ms.values()):
+        return False  # nothing over time to show (idle)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for label, series in run.series.items():
         if series:

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from loadtest.scenarios import throughput
+from loadtest.scenarios import backlog, idle, loan, throughput, timers, wakeup
 
 SCENARIOS: dict[str, ModuleType] = {
     "throughput": throughput,
+    "loan": loan,
+    "wakeup": wakeup,
+    "timers": timers,
+    "idle": idle,
+    "backlog": backlog,
 }

@@ -73,14 +73,15 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int) -> BatchFigures:
     """Run ``n`` lt-three-steps workflows through a fleet of ``workers`` on ``dsn``."""
     dbname = db.dbname_of(dsn)
     engine = flows.Engine(dsn, shards=run.shards)
-    shards = engine.shard_names(app.three_steps.name)
     run.server.wait_backends_gone(dbname)
     before = run.server.xact_counts(dbname)
     with run.fleet(APP, dsn, workers) as proc:
-        _, t0 = workload.start_batch(engine, dsn, app.three_steps, range(n))
+        started, t0 = workload.start_batch(engine, dsn, app.three_steps, range(n))
+        shards = [e.workflow_name_sharded for e in started]
+        ids = [e.workflow_id for e in started]
         monitor = db.Monitor(dsn)
         try:
-            run.wait_for(f"{n} workflows, {workers}w", n, lambda: monitor.ended(shards)[0], procs=(proc,))
+            run.wait_for(f"{n} workflows, {workers}w", n, lambda: monitor.ended_among(shards, ids), procs=(proc,))
         finally:
             monitor.close()
     run.server.wait_backends_gone(dbname)
@@ -88,8 +89,8 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int) -> BatchFigures:
     ours = monitor.transactions + 1  # the polls and the one start transaction
     results = db.Monitor(dsn)
     try:
-        times = results.workflow_times(shards)
-        acts = results.activity_times(shards)
+        times = results.workflow_times(shards, ids)
+        acts = results.activity_times(shards, ids)
     finally:
         results.close()
     ended = [c for _, _, c, _ in times if c is not None]
