@@ -32,7 +32,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "Malformed JSON, a field of the wrong type or out of range, or a malformed id",
         401: "Missing or unknown API key (only when FLOWS_API_KEYS is set)",
         404: "Unknown workflow name, or no such workflow for this tenant",
-        409: "The workflow has ended (or, for /approve, is not waiting for a review)",
+        409: "The workflow has ended, or does not need this document (or, for /approve, is not waiting for a review)",
         413: "Body larger than the limit (64 KiB by default)",
         415: "Body sent with a Content-Type other than JSON",
         503: "The database is unreachable",

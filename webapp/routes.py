@@ -20,7 +20,14 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 import flows
 from webapp import openapi
 from webapp.extension import client
-from webapp.loans import WORKFLOW_NAME, DocumentSubmitted, ManagerApproval, loan_application_workflow
+from webapp.loans import (
+    DOCUMENT_TYPES,
+    WORKFLOW_NAME,
+    DocumentSubmitted,
+    ManagerApproval,
+    loan_application_workflow,
+    required_documents,
+)
 from webapp.schemas import (
     ApprovalRequest,
     DocumentRequest,
@@ -152,9 +159,15 @@ def get_result(workflow_name: str, workflow_id: str) -> Response:
 @api.post("/<workflow_name>/<workflow_id>/documents")
 def submit_document(workflow_name: str, workflow_id: str) -> Response:
     """Deliver a document as signal ``document-<type>``. A document sent
-    before the workflow asks for it waits until it does."""
+    before the workflow asks for it waits until it does; one this loan never
+    asks for (proof of address up to $50,000) is refused, or it would wait forever."""
     name, wid = target(workflow_name, workflow_id)
     doc = decode_body(DocumentRequest)
+    application = client.engine.query(name, wid, tenant_id=g.tenant_id).input
+    needed = required_documents(application.amount) if isinstance(application, LoanApplication) else DOCUMENT_TYPES
+    if doc.document_type not in needed:
+        raise ApiError(409, "document not required", f"a loan of ${application.amount:,} needs only"
+                       f" {', '.join(needed)} documents, not {doc.document_type!r}", "document_type")
     signal = f"document-{doc.document_type}"
     payload = DocumentSubmitted(doc.document_type, doc.document_id, _now())
     signal_id = client.engine.send_signal(name, wid, signal, payload, tenant_id=g.tenant_id)

@@ -116,6 +116,8 @@ def test_up_to_50k_needs_no_proof_of_address(
     http: FlaskClient, loan_worker: Worker, db: psycopg.Connection[Any], no_review: None
 ) -> None:
     wid = start_loan(http, amount=50_000)
+    r = send_document(http, wid, "address", "UTIL-1")  # never asked for: refused, not left unconsumed
+    assert r.status_code == 409 and r.json["field"] == "document_type"  # type: ignore[index]
     submit_all(http, wid, ("identity", "income"))
     out = output(wait_status(http, wid, ended=True))
     assert out["decision"] == "approved" and out["approved_amount"] == 50_000
@@ -123,6 +125,7 @@ def test_up_to_50k_needs_no_proof_of_address(
         "check-credit-score", "verify-document", "verify-document", "disburse-loan",
     ]
     assert db.execute("SELECT sequence_num FROM timers WHERE workflow_id = %s", (wid,)).fetchall() == [(6,)]
+    assert db.execute("SELECT signal_name FROM signals WHERE NOT consumed").fetchall() == []
 
 
 def test_manager_refusal_rejects(
