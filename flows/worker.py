@@ -105,6 +105,7 @@ class Worker:
         self._replayers = 0
         self._replay_failures = 0
         self._deadline = 0.0  # time.monotonic() of the next look at the queue
+        self._look_when_a_slot_frees = False  # due work was left for want of a slot
         self._in_flight_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -239,6 +240,9 @@ class Worker:
         and timer tasks on the replay threads. Return how long to sleep."""
         if woken_by == {"timeout"} and self._time_to_next_due() > 0:
             return self._deadline - time.monotonic()  # a safety poll that found nothing: one query
+        if "pipe" in woken_by and self._look_when_a_slot_frees and self._free_slots():
+            self._look_when_a_slot_frees = False  # the due work may be a workflow task: look for all of it
+            woken_by = woken_by | {"timeout"}
         self._claim_activities(executor)
         if woken_by & {"start", "notify", "timeout"}:
             self._start_replayer(executor)
@@ -248,8 +252,9 @@ class Worker:
         if woken_by & {"start", "notify", "timeout", "dry"}:
             due_in = self._time_to_next_due()
             if due_in <= 0:  # due, yet not ours to claim: held by another worker, or no free slot
-                self._deadline = time.monotonic() + (
-                    BUSY_RECHECK_SECONDS if self._free_slots() else SAFETY_POLL_SECONDS)
+                free = self._free_slots()
+                self._deadline = time.monotonic() + (BUSY_RECHECK_SECONDS if free else SAFETY_POLL_SECONDS)
+                self._look_when_a_slot_frees = not free
         return self._deadline - time.monotonic()
 
     def _time_to_next_due(self) -> float:
