@@ -270,10 +270,14 @@ class Worker:
         """One more replay thread, up to REPLAY_THREADS: they ramp up while
         they find work and wind down as they run dry."""
         with self._in_flight_lock:
-            if self._replayers >= REPLAY_THREADS:
+            if self._replayers >= REPLAY_THREADS or self._stopping.is_set():
                 return
             self._replayers += 1
-        self._replay_executor.submit(self._replay_until_dry, executor)
+        try:
+            self._replay_executor.submit(self._replay_until_dry, executor)
+        except RuntimeError:  # shut down meanwhile: we are stopping
+            with self._in_flight_lock:
+                self._replayers -= 1
 
     def _replay_until_dry(self, executor: ThreadPoolExecutor) -> None:
         try:
@@ -307,7 +311,7 @@ class Worker:
 
     def _run_workflow_task(self, executor: ThreadPoolExecutor) -> bool:
         """Claim one workflow or timer task and replay its workflow, all in one transaction."""
-        lease_to = self.owner if self._free_slots() > 0 else None
+        lease_to = self.owner if self._free_slots() > 0 and not self._stopping.is_set() else None
         with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             task = store.claim_workflow_task(conn, self.shards)
             if task is None:
