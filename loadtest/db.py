@@ -102,13 +102,23 @@ class Server:
             time.sleep(POLL_SECONDS)
         time.sleep(STATS_FLUSH_SECONDS)
 
-    def preloads_pg_stat_statements(self) -> bool:
+    def enable_statements(self) -> bool:
+        """Whether pg_stat_statements is preloaded; if so, make its view
+        readable here (the shared development server does not preload it;
+        a server of your own can: see docs/performance.md)."""
         row = self.conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
-        return row is not None and "pg_stat_statements" in str(row[0])
+        if row is None or "pg_stat_statements" not in str(row[0]):
+            return False
+        self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        return True
+
+    def reset_statements(self, dbname: str) -> None:
+        self.conn.execute(
+            "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = %s), 0)", (dbname,)
+        )
 
     def statement_calls(self, dbname: str) -> int:
-        """Statements executed in ``dbname`` (needs pg_stat_statements preloaded
-        and created there; the harness's own reads run elsewhere)."""
+        """Statements executed in ``dbname`` (the harness's reads run elsewhere)."""
         row = self.conn.execute(
             "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
             " WHERE d.datname = %s",
@@ -116,10 +126,14 @@ class Server:
         ).fetchone()
         return int(row[0]) if row else 0
 
-
-def enable_pg_stat_statements(dsn: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    def top_statements(self, dbname: str, limit: int) -> list[dict[str, Any]]:
+        """The statements run most often in ``dbname``, with their execution times."""
+        rows = self.conn.execute(
+            "SELECT s.calls, s.total_exec_time, s.rows, s.query FROM pg_stat_statements s"
+            " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s ORDER BY s.calls DESC, s.total_exec_time DESC LIMIT %s",
+            (dbname, limit),
+        ).fetchall()
+        return [{"calls": int(c), "total_ms": float(t), "rows": int(r), "query": str(q)} for c, t, r, q in rows]
 
 
 def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:

@@ -42,6 +42,7 @@ class Measurement:
     latencies_ms: dict[str, list[float]] = field(default_factory=dict)  # label -> values
     series_title: str = "completed per second"
     latency_title: str = "latency (ms)"
+    statements: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # label -> pg_stat_statements rows
 
 
 @dataclass
@@ -82,7 +83,14 @@ def table(result: Result) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(2, "  ".join("-" * w for w in widths))
-    return "\n".join(lines + [f"note: {n}" for n in result.notes])
+    lines += [f"note: {n}" for n in result.notes]
+    for label, rows in result.runs[-1].statements.items():
+        lines.append(f"statements by calls, {label} (per step = calls / activity steps):")
+        lines += [
+            f"  {r['per_step']:5.2f}/step {r['total_ms'] / max(1, r['calls']):7.3f} ms  {' '.join(r['query'].split())[:90]}"
+            for r in rows
+        ]
+    return "\n".join(lines)
 
 
 def write_json(result: Result, path: Path) -> None:
@@ -95,7 +103,7 @@ def write_json(result: Result, path: Path) -> None:
             {**asdict(t), "value": metrics.get(t.metric), "met": t.met(metrics.get(t.metric))} for t in result.targets
         ],
         "notes": result.notes,
-        "runs": [{"metrics": r.metrics, "series": r.series} for r in result.runs],
+        "runs": [{"metrics": r.metrics, "series": r.series, "statements": r.statements} for r in result.runs],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(body, indent=2, default=str) + "\n")

@@ -20,7 +20,7 @@ from loadtest.progress import Progress
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FLEET_READY_TIMEOUT_SECONDS = 30.0
-WAIT_POLL_SECONDS = 0.25  # progress polls: one cheap query each, counted and left out of the deltas
+WAIT_POLL_SECONDS = 0.5  # progress polls: one query each, counted and left out of the deltas
 READY_POLL_SECONDS = 0.05
 
 

@@ -54,11 +54,9 @@ def _watch(run: Run, what: str, seconds: float, procs: tuple[fleet.ProcessGroup,
 
 
 def measure(run: Run, args: argparse.Namespace) -> Measurement:
-    statements = run.server.preloads_pg_stat_statements()
+    statements = run.server.enable_statements()
     with run.database() as dsn:
         dbname = db.dbname_of(dsn)
-        if statements:
-            db.enable_pg_stat_statements(dsn)
         with run.fleet(APP, dsn, args.workers) as proc:
             workers = proc.children()
             _watch(run, "settling", SETTLE_SECONDS, (proc,))

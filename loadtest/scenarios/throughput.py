@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Any
 
 import flows
 
@@ -25,6 +26,7 @@ STEPS_PER_WORKFLOW = 3  # lt-three-steps runs three activities
 TARGET_RATIO = 0.15  # steps/s of 2 workers >= this x pgbench tps
 TARGET_XACTS_PER_STEP = 2.0
 APP = "loadtest.app"
+TOP_STATEMENTS = 40
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,6 +57,7 @@ class BatchFigures:
     rollbacks: int
     step_latencies_ms: list[float]
     series: Series
+    statements: list[dict[str, Any]]  # pg_stat_statements, when the server preloads it
 
     @property
     def workflows_per_s(self) -> float:
@@ -73,7 +76,10 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int) -> BatchFigures:
     """Run ``n`` lt-three-steps workflows through a fleet of ``workers`` on ``dsn``."""
     dbname = db.dbname_of(dsn)
     engine = flows.Engine(dsn, shards=run.shards)
+    statements = run.server.enable_statements()
     run.server.wait_backends_gone(dbname)
+    if statements:
+        run.server.reset_statements(dbname)
     before = run.server.xact_counts(dbname)
     with run.fleet(APP, dsn, workers) as proc:
         started, t0 = workload.start_batch(engine, dsn, app.three_steps, range(n))
@@ -87,6 +93,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int) -> BatchFigures:
     run.server.wait_backends_gone(dbname)
     delta = run.server.xact_counts(dbname).minus(before)
     ours = monitor.transactions + 1  # the polls and the one start transaction
+    top = run.server.top_statements(dbname, TOP_STATEMENTS) if statements else []
     results = db.Monitor(dsn)
     try:
         times = results.workflow_times(shards, ids)
@@ -103,6 +110,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int) -> BatchFigures:
         rollbacks=delta.rollbacks,
         step_latencies_ms=[(done - scheduled) * 1000.0 for scheduled, done in acts],
         series=stats.rate_series([done for _, done in acts], t0),
+        statements=[{**r, "per_step": r["calls"] / max(1, len(acts))} for r in top],
     )
 
 
@@ -130,4 +138,6 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
         metrics[f"{w}_step_p99_ms"] = stats.percentile(fig.step_latencies_ms, 99)
         m.series[f"{workers} worker(s)"] = fig.series
         m.latencies_ms[f"{workers} worker(s)"] = fig.step_latencies_ms
+        if fig.statements:
+            m.statements[f"{workers} worker(s)"] = fig.statements
     return m
