@@ -605,6 +605,12 @@ def release_stale_workers(conn: Conn, stale_seconds: float, alive: list[str]) ->
     their leases and drop their rows. Two supervisors sweeping at once each
     take a row at most once (DELETE ... RETURNING). Returns (owner, released)."""
     out: list[tuple[str, int]] = []
+    if conn.execute(  # the usual answer, in one read-only statement: none
+        "SELECT 1 FROM worker_heartbeats WHERE last_beat < now() - %s * interval '1 second'"
+        " AND NOT (owner = ANY(%s)) LIMIT 1",
+        (stale_seconds, alive),
+    ).fetchone() is None:
+        return out
     with conn.transaction():
         rows = conn.execute(
             "DELETE FROM worker_heartbeats WHERE last_beat < now() - %s * interval '1 second'"
