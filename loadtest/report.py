@@ -17,6 +17,7 @@ from loadtest.stats import median
 
 Series = list[tuple[float, float]]
 HISTOGRAM_BINS = 50
+PROFILE_LINES = 15
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Measurement:
     series_title: str = "completed per second"
     latency_title: str = "latency (ms)"
     statements: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # label -> pg_stat_statements rows
+    profiles: dict[str, dict[str, list[tuple[str, float]]]] = field(default_factory=dict)  # label -> py-spy summary
 
 
 @dataclass
@@ -90,6 +92,10 @@ def table(result: Result) -> str:
             f"  {r['per_step']:5.2f}/step {r['total_ms'] / max(1, r['calls']):7.3f} ms  {' '.join(r['query'].split())[:90]}"
             for r in rows
         ]
+    for label, prof in result.runs[-1].profiles.items():
+        for kind in ("inclusive", "self"):
+            lines.append(f"worker profile, {label}, {kind} (% of samples holding the GIL):")
+            lines += [f"  {pct:5.1f}%  {fn}" for fn, pct in prof[kind][:PROFILE_LINES]]
     return "\n".join(lines)
 
 
@@ -103,7 +109,10 @@ def write_json(result: Result, path: Path) -> None:
             {**asdict(t), "value": metrics.get(t.metric), "met": t.met(metrics.get(t.metric))} for t in result.targets
         ],
         "notes": result.notes,
-        "runs": [{"metrics": r.metrics, "series": r.series, "statements": r.statements} for r in result.runs],
+        "runs": [
+            {"metrics": r.metrics, "series": r.series, "statements": r.statements, "profiles": r.profiles}
+            for r in result.runs
+        ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(body, indent=2, default=str) + "\n")

@@ -11,12 +11,14 @@ fleet's start-up and shutdown (a few dozen), a small overcount.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import flows
 
-from loadtest import app, db, pgbench, stats, workload
+from loadtest import app, db, fleet, pgbench, profiler, stats, workload
 from loadtest.report import Measurement, Series, Target
 from loadtest.session import Run
 
@@ -33,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workflows", type=int, default=DEFAULT_WORKFLOWS, help="workflows per fleet size")
     p.add_argument("--fleets", default="1,2", help="fleet sizes (worker processes) to measure, comma-separated")
     p.add_argument("--pgbench-seconds", type=int, default=pgbench.BASELINE_SECONDS, help="0 skips the baseline")
+    p.add_argument("--profile", action="store_true", help="sample the workers with py-spy during each batch")
 
 
 def fleet_sizes(args: argparse.Namespace) -> list[int]:
@@ -57,7 +60,9 @@ class BatchFigures:
     rollbacks: int
     step_latencies_ms: list[float]
     series: Series
+    worker_cpu_s: float  # user + system seconds of the worker processes during the batch
     statements: list[dict[str, Any]]  # pg_stat_statements, when the server preloads it
+    profile: dict[str, list[tuple[str, float]]]  # py-spy summary, with --profile
 
     @property
     def workflows_per_s(self) -> float:
@@ -72,8 +77,9 @@ class BatchFigures:
         return self.commits / max(1, self.steps)
 
 
-def measure_batch(run: Run, dsn: str, workers: int, n: int) -> BatchFigures:
-    """Run ``n`` lt-three-steps workflows through a fleet of ``workers`` on ``dsn``."""
+def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = False) -> BatchFigures:
+    """Run ``n`` lt-three-steps workflows through a fleet of ``workers`` on
+    ``dsn``; with ``profile``, sample the workers with py-spy meanwhile."""
     dbname = db.dbname_of(dsn)
     engine = flows.Engine(dsn, shards=run.shards)
     statements = run.server.enable_statements()
@@ -81,7 +87,14 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int) -> BatchFigures:
     if statements:
         run.server.reset_statements(dbname)
     before = run.server.xact_counts(dbname)
-    with run.fleet(APP, dsn, workers) as proc:
+    samples: list[Path] = []
+    with run.fleet(APP, dsn, workers) as proc, contextlib.ExitStack() as stack:
+        if profile:
+            samples = stack.enter_context(
+                profiler.record(proc.children(), run.log_path("profile").parent, f"{run.stamp}-w{workers}")
+            )
+        workers_pids = proc.children()
+        cpu_before = sum(fleet.cpu_seconds(p) for p in workers_pids)
         started, t0 = workload.start_batch(engine, dsn, app.three_steps, range(n))
         shards = [e.workflow_name_sharded for e in started]
         ids = [e.workflow_id for e in started]
@@ -90,6 +103,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int) -> BatchFigures:
             run.wait_for(f"{n} workflows, {workers}w", n, lambda: monitor.ended_among(shards, ids), procs=(proc,))
         finally:
             monitor.close()
+        cpu = sum(fleet.cpu_seconds(p) for p in workers_pids) - cpu_before
     run.server.wait_backends_gone(dbname)
     delta = run.server.xact_counts(dbname).minus(before)
     ours = monitor.transactions + 1  # the polls and the one start transaction
@@ -108,9 +122,11 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int) -> BatchFigures:
         steps=len(acts),
         commits=delta.commits - ours,
         rollbacks=delta.rollbacks,
+        worker_cpu_s=cpu,
         step_latencies_ms=[(done - scheduled) * 1000.0 for scheduled, done in acts],
         series=stats.rate_series([done for _, done in acts], t0),
         statements=[{**r, "per_step": r["calls"] / max(1, len(acts))} for r in top],
+        profile=profiler.summarise(samples) if samples else {},
     )
 
 
@@ -126,12 +142,13 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
         run.note(f"baseline: {baseline.command}")
     for workers in fleet_sizes(args):
         with run.database() as dsn:
-            fig = measure_batch(run, dsn, workers, args.workflows)
+            fig = measure_batch(run, dsn, workers, args.workflows, profile=args.profile)
         w = f"w{workers}"
         metrics[f"{w}_workflows_per_s"] = fig.workflows_per_s
         metrics[f"{w}_steps_per_s"] = fig.steps_per_s
         metrics[f"{w}_steps_per_s_vs_pgbench"] = None if tps is None else fig.steps_per_s / tps
         metrics[f"{w}_xacts_per_step"] = fig.xacts_per_step
+        metrics[f"{w}_worker_cpu_ms_per_step"] = 1000.0 * fig.worker_cpu_s / max(1, fig.steps)
         metrics[f"{w}_rollbacks"] = fig.rollbacks
         metrics[f"{w}_failed"] = fig.failed
         metrics[f"{w}_step_p50_ms"] = stats.percentile(fig.step_latencies_ms, 50)
@@ -140,4 +157,6 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
         m.latencies_ms[f"{workers} worker(s)"] = fig.step_latencies_ms
         if fig.statements:
             m.statements[f"{workers} worker(s)"] = fig.statements
+        if fig.profile:
+            m.profiles[f"{workers} worker(s)"] = fig.profile
     return m
