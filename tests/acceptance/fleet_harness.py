@@ -90,7 +90,8 @@ class Fleet:
         """Live workers that announced themselves: pid -> shard group."""
         exited = {int(m[1]) for m in self.matches(EXIT)}
         live = children_of(self.pid)
-        return {int(m[1]): m[2] for m in self.matches(READY) if int(m[1]) not in exited and int(m[1]) in live}
+        return {int(m[1]): m[2] for m in self.matches(READY)
+                if int(m[1]) not in exited and int(m[1]) in live and alive(int(m[1]))}
 
     def wait_ready(self, count: int, timeout: float = 20.0) -> dict[int, str]:
         try:
