@@ -122,3 +122,15 @@ def release_activity(ctx: flows.ActivityContext, _: None) -> str:
 @flows.workflow("fleet-release")
 def release_workflow(ctx: flows.WorkflowContext, _: None) -> str:
     return ctx.activity(release_activity, None)
+
+
+@flows.activity("fleet-hold", timeout=300.0)  # a lease far longer than any test waits
+def hold(ctx: flows.ActivityContext, seconds: float) -> str:
+    _execute("INSERT INTO fleet_attempts (key, pid) VALUES (%s, %s)", (ctx.idempotency_key, os.getpid()))
+    time.sleep(seconds)
+    return f"held {seconds}s"
+
+
+@flows.workflow("fleet-hold")
+def hold_workflow(ctx: flows.WorkflowContext, seconds: float) -> str:
+    return ctx.activity(hold, seconds)

@@ -4,6 +4,7 @@ there at start-up."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from tests.acceptance.fleet_harness import (
     Fleet,
     alive,
     assert_all_completed,
+    children_of,
     fleets,
     ledger,
     signal_all,
@@ -59,6 +61,23 @@ def test_sigkill_supervisor_its_workers_exit_and_a_new_one_finishes_the_work(
     assert_all_completed(engine, ledger, runs)
     second.send(signal.SIGTERM)
     assert second.wait() == 0, second.log()
+
+
+def test_a_killed_workers_lease_is_released_at_once_not_when_it_runs_out(
+    db_url: str, engine: Engine, ledger: Any, fleets: Callable[..., Fleet]
+) -> None:
+    fleet = fleets(db_url, "--workers", "2")
+    fleet.wait_ready(2)
+    run = engine.start(fleet_app.hold_workflow, 1.0)
+    (pid,) = wait_until(lambda: ledger.execute("SELECT pid FROM fleet_attempts").fetchone(), what="the attempt")
+    assert pid in children_of(fleet.pid)
+    os.kill(pid, signal.SIGKILL)
+
+    fleet.wait_log(rf"leases-released owner=\S+:{pid} count=1")
+    # Its lease had 300 s to run: only the release lets another worker redo it now.
+    assert engine.result(run.workflow_name, run.workflow_id, timeout=30) == "held 1.0s"
+    pids = [p for (p,) in ledger.execute("SELECT pid FROM fleet_attempts ORDER BY at")]
+    assert len(pids) == 2 and pids[0] == pid != pids[1]
 
 
 @pytest.fixture
