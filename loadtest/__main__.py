@@ -1,9 +1,10 @@
 """``python -m loadtest SCENARIO [options]``: run one load test, print a
 table, write ``loadtest/results/<scenario>-<time>.json`` and ``.png``.
 
-The database server is DATABASE_URL's, else the embedded one; each run
-works in databases of its own there (lt_<scenario>_<pid>_<n>), dropped at
-the end. Run one load test at a time: they measure the machine.
+The database server is DATABASE_URL's, else the embedded one (or, with
+--own-server, one of the harness's own); each run works in databases of its
+own there (lt_<scenario>_<pid>_<n>), dropped at the end. Run one load test
+at a time: they measure the machine.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import os
 import subprocess
 import sys
 
-from flows import embedded
-
-from loadtest import report
+from loadtest import report, server
 from loadtest.scenarios import SCENARIOS
 from loadtest.session import RESULTS_DIR, Run, RunTimeout
 
@@ -36,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--repeat", type=int, default=1, help="repeats; the table shows medians (default 1)")
     common.add_argument("--shards", type=int, default=DEFAULT_SHARDS, help="FLOWS_SHARDS (default %(default)s)")
     common.add_argument("--workers", type=int, default=2, help="worker processes where one fleet runs (default 2)")
+    common.add_argument("--own-server", action="store_true",
+                        help="use a server of the harness's own with pg_stat_statements and commit timestamps")
     sub = p.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
     for name, module in SCENARIOS.items():
         s = sub.add_parser(name, parents=[common], help=module.HELP, description=module.__doc__,
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     params["revision"] = code_revision()
     params["cpus"] = os.cpu_count()
     try:
-        with Run(args.scenario, embedded.database_url(), args.timeout, args.shards) as run:
+        with server.server_url(args.own_server) as url, Run(args.scenario, url, args.timeout, args.shards) as run:
             runs = []
             for i in range(args.repeat):
                 if args.repeat > 1:

@@ -112,6 +112,11 @@ class Server:
         self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         return True
 
+    def commit_timestamps(self) -> bool:
+        """Whether the server records commit times (track_commit_timestamp)."""
+        row = self.conn.execute("SELECT current_setting('track_commit_timestamp')").fetchone()
+        return row is not None and row[0] == "on"
+
     def reset_statements(self, dbname: str) -> None:
         self.conn.execute(
             "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = %s), 0)", (dbname,)
@@ -230,6 +235,32 @@ class Monitor:
                 " WHERE workflow_name = ANY(%s) AND event_type = %s GROUP BY workflow_id",
                 (shards, event_type),
             )
+        }
+
+    def signal_times(self, shards: list[str]) -> dict[UUID, float]:
+        """When each workflow's (first) signal was inserted: clock_timestamp(),
+        a millisecond or two before its transaction committed."""
+        return {
+            wid: float(at)
+            for wid, at in self._all(
+                "SELECT workflow_id, extract(epoch FROM min(created_at)) FROM signals"
+                " WHERE workflow_name = ANY(%s) GROUP BY workflow_id",
+                (shards,),
+            )
+        }
+
+    def event_commit_times(self, shards: list[str], event_type: str) -> dict[UUID, float]:
+        """When the transaction that wrote each workflow's ``event_type`` event
+        committed (history rows are never updated, so xmin is that
+        transaction; needs track_commit_timestamp)."""
+        return {
+            wid: float(at)
+            for wid, at in self._all(
+                "SELECT workflow_id, extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM history_events"
+                " WHERE workflow_name = ANY(%s) AND event_type = %s",
+                (shards, event_type),
+            )
+            if at is not None
         }
 
     def timer_times(self, shards: list[str]) -> list[tuple[float, float | None, float | None]]:

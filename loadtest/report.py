@@ -87,9 +87,10 @@ def table(result: Result) -> str:
     lines.insert(2, "  ".join("-" * w for w in widths))
     lines += [f"note: {n}" for n in result.notes]
     for label, rows in result.runs[-1].statements.items():
-        lines.append(f"statements by calls, {label} (per step = calls / activity steps):")
+        lines.append(f"statements by calls (pg_stat_statements), {label}:")
         lines += [
-            f"  {r['per_step']:5.2f}/step {r['total_ms'] / max(1, r['calls']):7.3f} ms  {' '.join(r['query'].split())[:90]}"
+            f"  {r['per']:6.3f}/{r['per_unit']:<6} {r['total_ms'] / max(1, r['calls']):7.3f} ms/call"
+            f"  {' '.join(r['query'].split())[:90]}"
             for r in rows
         ]
     for label, prof in result.runs[-1].profiles.items():

@@ -25,6 +25,7 @@ TARGET_QUERIES_PER_S_PER_WORKER = 0.2
 TARGET_WORKER_CPU_PCT = 1.0
 TICK_SECONDS = 1.0
 APP = "loadtest.app"
+TOP_STATEMENTS = 15
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,13 +62,15 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
             workers = proc.children()
             _watch(run, "settling", SETTLE_SECONDS, (proc,))
             before = run.server.xact_counts(dbname)
-            calls_before = run.server.statement_calls(dbname) if statements else 0
+            if statements:
+                run.server.reset_statements(dbname)
             cpu_before = {pid: fleet.cpu_seconds(pid) for pid in [proc.pid, *workers]}
             t0 = time.monotonic()
             _watch(run, "idle window", args.window, (proc,))
             elapsed = time.monotonic() - t0
             delta = run.server.xact_counts(dbname).minus(before)
-            calls = run.server.statement_calls(dbname) - calls_before if statements else None
+            calls = run.server.statement_calls(dbname) if statements else None
+            top = run.server.top_statements(dbname, TOP_STATEMENTS) if statements else []
             cpu = {pid: fleet.cpu_seconds(pid) - cpu_before[pid] for pid in cpu_before}
     xacts = delta.commits + delta.rollbacks
     queries = calls if calls is not None else xacts
@@ -84,4 +87,9 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
         "worker_cpu_pct_mean": sum(worker_pct) / len(worker_pct) if worker_pct else None,
         "supervisor_cpu_pct": 100.0 * cpu[proc.pid] / elapsed,
     }
-    return Measurement(metrics, series_title="-", latency_title="-")
+    m = Measurement(metrics, series_title="-", latency_title="-")
+    if top:
+        m.statements["idle window"] = [
+            {**r, "per": r["calls"] / elapsed / max(1, len(workers)), "per_unit": "s/wkr"} for r in top
+        ]
+    return m

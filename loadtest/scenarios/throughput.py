@@ -125,7 +125,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
         worker_cpu_s=cpu,
         step_latencies_ms=[(done - scheduled) * 1000.0 for scheduled, done in acts],
         series=stats.rate_series([done for _, done in acts], t0),
-        statements=[{**r, "per_step": r["calls"] / max(1, len(acts))} for r in top],
+        statements=[{**r, "per": r["calls"] / max(1, len(acts)), "per_unit": "step"} for r in top],
         profile=profiler.summarise(samples) if samples else {},
     )
 

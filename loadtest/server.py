@@ -1,0 +1,51 @@
+"""Which PostgreSQL server a run uses.
+
+By default the one of DATABASE_URL, else the shared embedded development
+server. ``--own-server`` starts an embedded server of the harness's own
+under ``loadtest/results/pgdata`` with pg_stat_statements preloaded (the
+per-statement breakdown) and track_commit_timestamp on (exact commit times
+for the wake-up figures), settings a shared server cannot take without a
+restart. It is stopped at the end of the run if the run started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+
+from flows import embedded
+
+OWN_DATA_DIR = Path(__file__).resolve().parent / "results" / "pgdata"
+OWN_SETTINGS = {"shared_preload_libraries": "pg_stat_statements", "track_commit_timestamp": "on"}
+
+
+@contextlib.contextmanager
+def server_url(own: bool) -> Iterator[str]:
+    if not own:
+        yield embedded.database_url()
+        return
+    was_running = embedded.is_running(OWN_DATA_DIR)
+    url = embedded.start(OWN_DATA_DIR)
+    try:
+        if _configure(url):  # these settings take a restart
+            embedded.stop(OWN_DATA_DIR)
+            url = embedded.start(OWN_DATA_DIR)
+        yield url
+    finally:
+        if not was_running:
+            embedded.stop(OWN_DATA_DIR)
+
+
+def _configure(url: str) -> bool:
+    """ALTER SYSTEM what differs from OWN_SETTINGS; True if anything changed."""
+    changed = False
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name, value in OWN_SETTINGS.items():
+            row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+            if row is None or row[0] != value:
+                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")  # fixed names and values of ours
+                changed = True
+    return changed
