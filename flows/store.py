@@ -499,13 +499,14 @@ def fail_activity(
     )
 
 
-def next_due(conn: Conn, shards: list[str]) -> float | None:
+def next_due(conn: Conn, shards: list[str], *, activities: bool = True) -> float | None:
     """Seconds from now (by the database clock) until the earliest task of
-    these shards is due; <= 0 when one is due already, None when none exist."""
+    these shards is due (leaving activity tasks out unless ``activities``);
+    <= 0 when one is due already, None when none exist."""
     row = conn.execute(
         "SELECT extract(epoch FROM min(visibility_timeout) - clock_timestamp())"
-        " FROM task_queue WHERE workflow_name = ANY(%s)",
-        (shards,),
+        " FROM task_queue WHERE workflow_name = ANY(%s) AND (%s OR task_type <> 'activity')",
+        (shards, activities),
     ).fetchone()
     return None if row is None or row[0] is None else float(row[0])
 

@@ -105,7 +105,7 @@ class Worker:
         self._replayers = 0
         self._replay_failures = 0
         self._deadline = 0.0  # time.monotonic() of the next look at the queue
-        self._look_when_a_slot_frees = False  # due work was left for want of a slot
+        self._deadline_ignores_activities = False  # computed while every slot was busy
         self._in_flight_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -240,28 +240,26 @@ class Worker:
         and timer tasks on the replay threads. Return how long to sleep."""
         if woken_by == {"timeout"} and self._time_to_next_due() > 0:
             return self._deadline - time.monotonic()  # a safety poll that found nothing: one query
-        if "pipe" in woken_by and self._look_when_a_slot_frees and self._free_slots():
-            self._look_when_a_slot_frees = False  # the due work may be a workflow task: look for all of it
-            woken_by = woken_by | {"timeout"}
         self._claim_activities(executor)
         if woken_by & {"start", "notify", "timeout"}:
             self._start_replayer(executor)
         with self._in_flight_lock:
             if self._replayers:  # the last replay thread to run dry wakes the loop
                 return SAFETY_POLL_SECONDS
-        if woken_by & {"start", "notify", "timeout", "dry"}:
-            due_in = self._time_to_next_due()
-            if due_in <= 0:  # due, yet not ours to claim: held by another worker, or no free slot
-                free = self._free_slots()
-                self._deadline = time.monotonic() + (BUSY_RECHECK_SECONDS if free else SAFETY_POLL_SECONDS)
-                self._look_when_a_slot_frees = not free
+        slot_freed = "pipe" in woken_by and self._deadline_ignores_activities and self._free_slots() > 0
+        if woken_by & {"start", "notify", "timeout", "dry"} or slot_freed:
+            if self._time_to_next_due() <= 0:  # due, yet not ours to claim: another worker holds it
+                self._deadline = time.monotonic() + BUSY_RECHECK_SECONDS
         return self._deadline - time.monotonic()
 
     def _time_to_next_due(self) -> float:
-        """Seconds until the earliest task of our shards is due (by the
-        database clock); sets the deadline, capped by the safety poll."""
+        """Seconds until the earliest task we could claim is due (by the
+        database clock; activity tasks count only while a slot is free);
+        sets the deadline, capped by the safety poll."""
+        free = self._free_slots() > 0
         with self._pool.connection() as conn:
-            due_in = store.next_due(conn, self.shards)
+            due_in = store.next_due(conn, self.shards, activities=free)
+        self._deadline_ignores_activities = not free
         due_in = SAFETY_POLL_SECONDS if due_in is None else min(due_in, SAFETY_POLL_SECONDS)
         self._deadline = time.monotonic() + max(0.0, due_in)
         return due_in

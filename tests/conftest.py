@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -69,6 +71,19 @@ def db_url(template_db: str, worker_id: str) -> Iterator[str]:
     yield _url(name)
     with _admin() as conn:
         _drop(conn, name)
+
+
+@pytest.fixture
+def private_server() -> Iterator[tuple[Path, str]]:
+    """A migrated PostgreSQL server of this test's own, free to stop and
+    restart. Its data folder is outside pytest's tmp_path, which another
+    pytest run on the machine may prune while this one still uses it."""
+    data = Path(tempfile.mkdtemp(prefix="flows-test-pg-")) / "pg"
+    url = embedded.start(data)
+    migrate.migrate(url)
+    yield data, url
+    embedded.stop(data)
+    shutil.rmtree(data.parent, ignore_errors=True)
 
 
 @pytest.fixture

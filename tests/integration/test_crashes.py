@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import psycopg
 import pytest
 
-from flows import Engine, embedded, migrate
+from flows import Engine, embedded
 from tests import engine_app
 from tests.conftest import ROOT
 from tests.engine_app import Job, documents, slow_replay, three_steps
@@ -92,16 +92,6 @@ def test_worker_killed_mid_workflow_task_rolls_back_and_another_finishes(
     assert ledger.execute(
         "SELECT count(*) FROM history_events WHERE workflow_id = %s AND event_type = 'activity_completed'",
         (run.workflow_id,)).fetchone() == (1,)
-
-
-@pytest.fixture
-def private_server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A PostgreSQL server of this test's own, free to restart."""
-    data = tmp_path / "pg"
-    url = embedded.start(data)
-    migrate.migrate(url)
-    yield data, url
-    embedded.stop(data)
 
 
 def test_a_worker_rides_out_a_database_restart(
