@@ -31,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
-                        help="seconds the whole run may take (default %(default)s)")
+                        help="seconds each repeat may take (default %(default)s)")
     common.add_argument("--repeat", type=int, default=1, help="repeats; the table shows medians (default 1)")
     common.add_argument("--shards", type=int, default=DEFAULT_SHARDS, help="FLOWS_SHARDS (default %(default)s)")
     common.add_argument("--workers", type=int, default=2, help="worker processes where one fleet runs (default 2)")
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.repeat):
                 if args.repeat > 1:
                     print(f"-- {args.scenario}: run {i + 1} of {args.repeat}", file=sys.stderr)
+                run.restart_clock()
                 runs.append(module.measure(run, args))
             result = report.Result(args.scenario, params, runs, module.targets(args), run.notes)
             base = RESULTS_DIR / f"{args.scenario}-{run.stamp}"

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from loadtest import db, fleet
 from loadtest.progress import Progress
@@ -22,6 +22,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FLEET_READY_TIMEOUT_SECONDS = 30.0
 WAIT_POLL_SECONDS = 0.5  # progress polls: one query each, counted and left out of the deltas
 READY_POLL_SECONDS = 0.05
+TOP_STATEMENTS = 40
 
 
 class RunTimeout(Exception):
@@ -36,6 +37,7 @@ class Run:
         self.server_url = server_url
         self.shards = shards
         self.started = time.time()
+        self.timeout_seconds = timeout_seconds
         self.deadline = time.monotonic() + timeout_seconds
         self.tag = f"{scenario}_{os.getpid()}"
         self.stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.started))
@@ -52,6 +54,10 @@ class Run:
     def __exit__(self, *exc: object) -> None:
         self.server.close()
         signal.signal(signal.SIGTERM, self._old_term)
+
+    def restart_clock(self) -> None:
+        """Each repeat gets the whole --timeout."""
+        self.deadline = time.monotonic() + self.timeout_seconds
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -113,6 +119,24 @@ class Run:
             yield port
         finally:
             proc.stop()
+
+    # -- pg_stat_statements, where the server preloads it (--own-server) -------
+
+    def reset_statements(self, dsn: str) -> bool:
+        """Start counting the statements of ``dsn``'s database afresh; False
+        when the server cannot count them."""
+        if not self.server.enable_statements():
+            return False
+        self.server.reset_statements(db.dbname_of(dsn))
+        return True
+
+    def statements(self, dsn: str, units: int, unit: str) -> list[dict[str, Any]]:
+        """The statements counted since ``reset_statements``, most frequent
+        first, each with ``per``: its calls per ``unit`` (``units`` of them)."""
+        if not self.server.enable_statements():
+            return []
+        rows = self.server.top_statements(db.dbname_of(dsn), TOP_STATEMENTS)
+        return [{**r, "per": r["calls"] / max(1, units), "per_unit": unit} for r in rows]
 
     # -- waiting ----------------------------------------------------------------
 

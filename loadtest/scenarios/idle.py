@@ -25,7 +25,6 @@ TARGET_QUERIES_PER_S_PER_WORKER = 0.2
 TARGET_WORKER_CPU_PCT = 1.0
 TICK_SECONDS = 1.0
 APP = "loadtest.app"
-TOP_STATEMENTS = 15
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,15 +61,14 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
             workers = proc.children()
             _watch(run, "settling", SETTLE_SECONDS, (proc,))
             before = run.server.xact_counts(dbname)
-            if statements:
-                run.server.reset_statements(dbname)
+            run.reset_statements(dsn)
             cpu_before = {pid: fleet.cpu_seconds(pid) for pid in [proc.pid, *workers]}
             t0 = time.monotonic()
             _watch(run, "idle window", args.window, (proc,))
             elapsed = time.monotonic() - t0
             delta = run.server.xact_counts(dbname).minus(before)
             calls = run.server.statement_calls(dbname) if statements else None
-            top = run.server.top_statements(dbname, TOP_STATEMENTS) if statements else []
+            top = run.statements(dsn, 1, "window")
             cpu = {pid: fleet.cpu_seconds(pid) - cpu_before[pid] for pid in cpu_before}
     xacts = delta.commits + delta.rollbacks
     queries = calls if calls is not None else xacts

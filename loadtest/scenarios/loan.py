@@ -143,6 +143,7 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
         shards = flows.Engine(dsn, shards=run.shards).shard_names(loans.WORKFLOW_NAME)
         monitor = db.Monitor(dsn)
         try:
+            run.reset_statements(dsn)
             result: dict[str, Any] = {}
             driver = threading.Thread(
                 target=lambda: result.update(zip(("seconds", "errors"), drive(port, n, args.clients, run.deadline))),
@@ -153,6 +154,7 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
             driver.join(max(0.0, run.remaining()))
             times = monitor.workflow_times(shards)
             decisions = monitor.decisions(shards)
+            statements = run.statements(dsn, n, "loan")
         finally:
             monitor.close()
     ended = [(created, done, status) for _, created, done, status in times if done is not None]
@@ -176,6 +178,7 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
     run.note(f"compliance sleep {args.compliance_sleep}s; {args.clients} clients polling every {POLL_SECONDS}s")
     return Measurement(
         metrics,
+        statements={"per loan (API and fleet)": statements} if statements else {},
         series={"loans decided": stats.rate_series([d for _, d, _ in ended], first)},
         latencies_ms={"end to end (db)": [x * 1000.0 for x in e2e]},
         series_title="loans decided per second",

@@ -28,7 +28,6 @@ STEPS_PER_WORKFLOW = 3  # lt-three-steps runs three activities
 TARGET_RATIO = 0.15  # steps/s of 2 workers >= this x pgbench tps
 TARGET_XACTS_PER_STEP = 2.0
 APP = "loadtest.app"
-TOP_STATEMENTS = 40
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,10 +81,8 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
     ``dsn``; with ``profile``, sample the workers with py-spy meanwhile."""
     dbname = db.dbname_of(dsn)
     engine = flows.Engine(dsn, shards=run.shards)
-    statements = run.server.enable_statements()
     run.server.wait_backends_gone(dbname)
-    if statements:
-        run.server.reset_statements(dbname)
+    run.reset_statements(dsn)
     before = run.server.xact_counts(dbname)
     samples: list[Path] = []
     with run.fleet(APP, dsn, workers) as proc, contextlib.ExitStack() as stack:
@@ -107,7 +104,6 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
     run.server.wait_backends_gone(dbname)
     delta = run.server.xact_counts(dbname).minus(before)
     ours = monitor.transactions + 1  # the polls and the one start transaction
-    top = run.server.top_statements(dbname, TOP_STATEMENTS) if statements else []
     results = db.Monitor(dsn)
     try:
         times = results.workflow_times(shards, ids)
@@ -125,7 +121,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
         worker_cpu_s=cpu,
         step_latencies_ms=[(done - scheduled) * 1000.0 for scheduled, done in acts],
         series=stats.rate_series([done for _, done in acts], t0),
-        statements=[{**r, "per": r["calls"] / max(1, len(acts)), "per_unit": "step"} for r in top],
+        statements=run.statements(dsn, len(acts), "step"),
         profile=profiler.summarise(samples) if samples else {},
     )
 

@@ -27,6 +27,9 @@ APP = "loadtest.app"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workflows", type=int, default=DEFAULT_WORKFLOWS, help="sleeping workflows")
     p.add_argument("--sleep", type=float, default=DEFAULT_SLEEP_SECONDS, help="seconds each sleeps")
+    p.add_argument("--start-rate", type=float, default=0.0,
+                   help="workflows started per second, in small batches (default 0: all in one transaction,"
+                   " so the timers fall due together and lateness shows firing capacity)")
 
 
 def targets(args: argparse.Namespace) -> list[Target]:
@@ -40,9 +43,14 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
         shards = engine.shard_names(app.sleep.name)
         monitor = db.Monitor(dsn)
         try:
-            workload.start_batch(engine, dsn, app.sleep, [args.sleep] * n)
+            run.reset_statements(dsn)
+            if args.start_rate > 0:
+                workload.start_paced(engine, dsn, app.sleep, [args.sleep] * n, args.start_rate, run.check_deadline)
+            else:
+                workload.start_batch(engine, dsn, app.sleep, [args.sleep] * n)
             run.wait_for("timers fired", n, lambda: monitor.ended(shards)[0], procs=(proc,))
             rows = monitor.timer_times(shards)
+            statements = run.statements(dsn, n, "timer")
         finally:
             monitor.close()
     claimed = [fired - due for due, fired, _ in rows if fired is not None]
@@ -57,8 +65,13 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
         **{f"claim_lateness_{k}": v for k, v in stats.summary_ms(claimed).items()},
     }
     first_due = min((due for due, _, _ in rows), default=0.0)
+    last_due = max((due for due, _, _ in rows), default=0.0)
+    last_fired = max((e for _, _, e in rows if e is not None), default=first_due)
+    metrics["due_span_s"] = last_due - first_due
+    metrics["fired_per_s"] = len(rows) / (last_fired - first_due) if last_fired > first_due else None
     return Measurement(
         metrics,
+        statements={"per timer (start to wake-up)": statements} if statements else {},
         series={"wake-ups": stats.rate_series([e for _, _, e in rows if e is not None], first_due)},
         latencies_ms={"written": [x * 1000.0 for x in written], "claimed": [x * 1000.0 for x in claimed]},
         series_title="timers fired per second",

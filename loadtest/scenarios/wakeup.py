@@ -61,6 +61,7 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
             waiting = f"signal:{app.GO_SIGNAL}"
             run.wait_for("workflows waiting", n, lambda: monitor.waiting(shards, waiting), procs=(proc,))
             engine.ping()  # open the client pool before the clock starts
+            run.reset_statements(dsn)
             sent: list[tuple[str, float]] = []
             with DoneListener(dsn, shards) as listener:
                 start = time.monotonic()
@@ -74,6 +75,7 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
                 sending_s = time.monotonic() - start
                 run.wait_for("woken workflows", n, lambda: monitor.ended(shards)[0], procs=(proc,))
                 time.sleep(LAST_NOTIFICATIONS_SECONDS)
+            statements = run.statements(dsn, n, "signal")
             signalled = monitor.signal_times(shards)
             if exact:
                 woken = monitor.event_commit_times(shards, "workflow_completed")
@@ -99,6 +101,7 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
     }
     return Measurement(
         metrics,
+        statements={"per signal (send to wake-up)": statements} if statements else {},
         series={"wake-ups": stats.rate_series(sorted(woken.values()), min(signalled.values(), default=0.0))},
         latencies_ms={"database": [x * 1000.0 for x in db_s], "client": [x * 1000.0 for x in client_s]},
         series_title="wake-ups per second",
