@@ -15,7 +15,6 @@ no shard goes unserved and no activity in flight is dropped.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import os
@@ -23,7 +22,7 @@ import select
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flows import sharding, store
 from flows.errors import DatabaseError
@@ -322,12 +321,8 @@ class Arbiter:
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
+            except ChildProcessError:  # no children at all
                 return
-            except OSError as exc:
-                if exc.errno == errno.EINTR:
-                    continue
-                raise
             if pid == 0:
                 return
             c = self.children.pop(pid, None)
