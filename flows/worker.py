@@ -298,36 +298,61 @@ class Worker:
         with self._in_flight_lock:
             return self.concurrency - self._in_flight
 
+    def _reserve(self, wanted: int) -> int:
+        """Take up to ``wanted`` free activity slots; return how many."""
+        with self._in_flight_lock:
+            got = max(0, min(wanted, self.concurrency - self._in_flight))
+            self._in_flight += got
+            return got
+
+    def _release(self, unused: int) -> None:
+        if unused <= 0:
+            return
+        with self._in_flight_lock:
+            self._in_flight -= unused
+        if self._deadline_ignores_activities:  # the loop slept as if no slot would free
+            self._wake()
+
     def _claim_activities(self, executor: ThreadPoolExecutor) -> bool:
-        free = self._free_slots()
-        if free <= 0 or not self.activities:
+        if not self.activities:
             return False
-        with self._pool.connection() as conn, conn.transaction():
-            tasks = store.claim_activity_tasks(conn, self.shards, self.owner, free)
-        self._submit(executor, tasks)
+        slots = self._reserve(self.concurrency)
+        tasks: list[store.ActivityTask] = []
+        try:
+            if slots:
+                with self._pool.connection() as conn, conn.transaction():
+                    tasks = store.claim_activity_tasks(conn, self.shards, self.owner, slots)
+                self._start_attempts(executor, tasks)
+        finally:
+            self._release(slots - len(tasks))
         return bool(tasks)
 
     def _run_workflow_task(self, executor: ThreadPoolExecutor) -> bool:
-        """Claim one workflow or timer task and replay its workflow, all in one transaction."""
-        lease_to = self.owner if self._free_slots() > 0 and not self._stopping.is_set() else None
-        with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-            task = store.claim_workflow_task(conn, self.shards)
-            if task is None:
-                return False
-            wf = task.workflow
-            store.delete_task(conn, wf.name, task.task_id)
-            if wf.status != "running":
-                return True
-            if task.task_type == "timer" and task.target_id is not None:
-                store.fire_timer(conn, wf.name, wf.id, wf.tenant_id, task.target_id, uuid6.uuid7())
-            leased = self._advance(conn, wf, task.db_now, lease_to)
-        self._submit(executor, leased)
-        return True
+        """Claim one workflow or timer task and replay its workflow, all in one
+        transaction. With a slot free, the activity the replay schedules is
+        leased to this worker and started here at once."""
+        slot = 0 if self._stopping.is_set() else self._reserve(1)
+        leased: list[store.ActivityTask] = []
+        try:
+            with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+                task = store.claim_workflow_task(conn, self.shards)
+                if task is None:
+                    return False
+                wf = task.workflow
+                store.delete_task(conn, wf.name, task.task_id)
+                if wf.status != "running":
+                    return True
+                if task.task_type == "timer" and task.target_id is not None:
+                    store.fire_timer(conn, wf.name, wf.id, wf.tenant_id, task.target_id, uuid6.uuid7())
+                leased = self._advance(conn, wf, task.db_now, self.owner if slot else None)
+            self._start_attempts(executor, leased)
+            return True
+        finally:
+            self._release(slot - len(leased))
 
-    def _submit(self, executor: ThreadPoolExecutor, tasks: list[store.ActivityTask]) -> None:
+    def _start_attempts(self, executor: ThreadPoolExecutor, tasks: list[store.ActivityTask]) -> None:
+        """Run attempts in slots already reserved for them."""
         for task in tasks:
-            with self._in_flight_lock:
-                self._in_flight += 1
             executor.submit(self._run_activity, task)
 
     # -- replay ---------------------------------------------------------------

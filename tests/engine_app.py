@@ -103,6 +103,11 @@ def sleeper(ctx: flows.WorkflowContext, seconds: float) -> str:
     return ctx.now().isoformat()
 
 
+@flows.workflow("t-hold")
+def hold(ctx: flows.WorkflowContext, seconds: float) -> str:
+    return ctx.activity(slow, seconds)
+
+
 @flows.workflow("t-documents")
 def documents(ctx: flows.WorkflowContext, kinds: list[str]) -> list[Any]:
     return [ctx.wait_for_signal(f"doc-{kind}") for kind in kinds]
@@ -118,5 +123,5 @@ def slow_replay(ctx: flows.WorkflowContext, marker: str) -> str:
     return first + " then finished"
 
 
-ALL_WORKFLOWS = [three_steps, flaky_workflow, broken_workflow, sleeper, documents, slow_replay]
+ALL_WORKFLOWS = [three_steps, flaky_workflow, broken_workflow, sleeper, hold, documents, slow_replay]
 ALL_ACTIVITIES = [record, flaky, broken, slow]

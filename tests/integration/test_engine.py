@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -9,7 +10,8 @@ import pytest
 
 import flows
 from flows import Engine
-from tests.engine_app import Job, broken_workflow, documents, flaky_workflow, sleeper, three_steps
+from tests import engine_app
+from tests.engine_app import Job, broken_workflow, documents, flaky_workflow, hold, sleeper, three_steps
 
 
 def rows(db: psycopg.Connection[Any], query: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -218,3 +220,23 @@ def test_ping_fails_clearly_when_the_database_is_unreachable() -> None:
     with Engine("host=/nonexistent dbname=x connect_timeout=1") as engine:
         with pytest.raises(flows.DatabaseError, match="no database connection within 0.5s"):
             engine.ping(timeout=0.5)
+
+
+def test_a_timer_fires_on_time_while_every_activity_slot_is_busy(
+    engine: Engine, start_worker: Any, ledger: Any, db: Any
+) -> None:
+    start_worker(engine_app.ALL_WORKFLOWS, engine_app.ALL_ACTIVITIES, concurrency=1)
+    running = engine.start(hold, 2.5)
+    deadline = time.monotonic() + 10
+    while not ledger.execute("SELECT 1 FROM ledger").fetchone():  # the attempt holds the only slot
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    queued = engine.start(hold, 2.5)  # its attempt is due, waiting for the slot
+    wait_for(engine, queued, "activity:t-slow")
+    run = engine.start(sleeper, 0.3)
+    engine.result(run.workflow_name, run.workflow_id, timeout=10)
+    [(late,)] = rows(db, "SELECT extract(epoch FROM fired_at - fire_at) FROM timers WHERE workflow_id = %s",
+                     run.workflow_id)
+    assert 0 <= late < 1.0  # not left for the 30 s safety poll behind the queued activity
+    assert ledger.execute("SELECT count(*) FROM ledger").fetchone() == (1,)  # the queued one still waits
+    assert engine.query(running.workflow_name, running.workflow_id).status == "running"
