@@ -148,6 +148,7 @@ class ActivityTask:
     sequence_num: int
     input: str | bytes | None
     attempt: int
+    lost: int = 0  # earlier deliveries of this task that never reported back
 
 
 # -- starting, signalling, reading (the client side) ------------------------
@@ -319,11 +320,11 @@ def insert_activity(
     conn.execute(
         "INSERT INTO task_queue"
         " (workflow_name, id, workflow_id, tenant_id, task_type, target_id, lease_seconds, lease_owner,"
-        " visibility_timeout)"
-        " VALUES (%s, %s, %s, %s, 'activity', %s, %s, %s,"
+        " deliveries, visibility_timeout)"
+        " VALUES (%s, %s, %s, %s, 'activity', %s, %s, %s, %s,"
         " CASE WHEN %s::text IS NULL THEN now() ELSE now() + %s * interval '1 second' END)",
-        (shard, task_id, workflow_id, tenant_id, activity_id, lease_seconds, lease_owner, lease_owner,
-         lease_seconds),
+        (shard, task_id, workflow_id, tenant_id, activity_id, lease_seconds, lease_owner,
+         0 if lease_owner is None else 1, lease_owner, lease_seconds),
     )
 
 
@@ -407,17 +408,17 @@ def claim_activity_tasks(conn: Conn, shards: list[str], owner: str, limit: int) 
     lease_seconds) and mark their activities running."""
     rows = conn.execute(
         "WITH claimed AS ("
-        "  UPDATE task_queue t SET lease_owner = %s,"
+        "  UPDATE task_queue t SET lease_owner = %s, deliveries = t.deliveries + 1,"
         "    visibility_timeout = now() + t.lease_seconds * interval '1 second'"
         "  WHERE (t.workflow_name, t.id) IN ("
         "    SELECT workflow_name, id FROM task_queue"
         "    WHERE workflow_name = ANY(%s) AND task_type = 'activity' AND visibility_timeout <= now()"
         "    ORDER BY visibility_timeout LIMIT %s FOR UPDATE SKIP LOCKED)"
-        "  RETURNING t.workflow_name, t.id, t.workflow_id, t.tenant_id, t.target_id)"
+        "  RETURNING t.workflow_name, t.id, t.workflow_id, t.tenant_id, t.target_id, t.deliveries)"
         " UPDATE activities a SET status = 'running', updated_at = now()"
         " FROM claimed c WHERE a.workflow_name = c.workflow_name AND a.id = c.target_id"
         " RETURNING c.workflow_name, c.id, c.workflow_id, c.tenant_id, a.id, a.name, a.sequence_num,"
-        " a.input::text, a.attempt",
+        " a.input::text, a.attempt, c.deliveries - 1",
         (owner, shards, limit),
     ).fetchall()
     return [ActivityTask(*row) for row in rows]

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Iterable
 
@@ -456,6 +457,15 @@ class Worker:
 
     def _attempt(self, task: store.ActivityTask) -> store.ActivityTask | None:
         definition = self.activities.get(task.name)
+        if task.lost:  # deliveries that never reported back count as failed attempts
+            attempt = task.attempt + task.lost
+            retry = definition.retry if definition is not None else DEFAULT_RETRY
+            if attempt >= retry.max_attempts:
+                lost = (f"WorkerLost: the attempt's worker died or its lease ran out, {task.lost} time(s);"
+                        f" no attempts left")
+                log.warning("activity-attempts-lost name=%s id=%s lost=%s", task.name, task.activity_id, task.lost)
+                return self._record(replace(task, attempt=attempt - 1), definition, None, lost)
+            task = replace(task, attempt=attempt)
         ctx = ActivityContext(
             task.workflow_id, task.shard, task.tenant_id, task.activity_id, task.name, task.sequence_num,
             task.attempt,

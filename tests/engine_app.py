@@ -7,6 +7,7 @@ database (``LEDGER_DSN``, from DATABASE_URL in a subprocess)."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,22 @@ def slow(ctx: flows.ActivityContext, seconds: float) -> str:
     hang_if("activity")
     time.sleep(seconds)
     return "slow done"
+
+
+@flows.activity("t-fatal", retry=flows.RetryPolicy(initial_interval=0.05, max_attempts=2, jitter=0.0), timeout=30)
+def fatal(ctx: flows.ActivityContext, n: int) -> str:
+    """Kills the process running it, as an out-of-memory kill would."""
+    ledger(ctx.idempotency_key, ctx.attempt, f"dying pid={os.getpid()}")
+    os.kill(os.getpid(), signal.SIGKILL)
+    return "unreachable"
+
+
+@flows.workflow("t-fatal")
+def fatal_workflow(ctx: flows.WorkflowContext, n: int) -> str:
+    try:
+        return ctx.activity(fatal, n)
+    except flows.ActivityFailed as exc:
+        return f"gave up after {exc.attempts} attempts: {exc.error}"
 
 
 @flows.workflow("t-three-steps")

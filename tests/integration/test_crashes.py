@@ -119,3 +119,21 @@ def test_a_worker_rides_out_a_database_restart(
         for r in runs:
             assert engine.result(r.workflow_name, r.workflow_id, timeout=30) == ["before restart", "after restart"]
     assert worker.poll() is None
+
+
+def test_an_activity_that_kills_its_worker_runs_out_of_attempts_instead_of_looping(
+    engine: Engine, db_url: str, ledger: Any, tmp_path: Path
+) -> None:
+    fleet = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "--app", "tests.engine_app", "--workers", "1"],
+        cwd=ROOT, env={**os.environ, "DATABASE_URL": db_url, "FLOWS_LOG_LEVEL": "WARNING"},
+    )
+    try:
+        run = engine.start(engine_app.fatal_workflow, 1)
+        out = engine.result(run.workflow_name, run.workflow_id, timeout=30)
+    finally:
+        fleet.terminate()
+        fleet.wait(30)
+    assert out.startswith("gave up after 2 attempts: WorkerLost")
+    deaths = ledger.execute("SELECT attempt FROM ledger ORDER BY at").fetchall()
+    assert deaths == [(0,), (1,)]  # each attempt ran once, then the failure reached the workflow
