@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--workers", type=int, default=2, help="worker processes where one fleet runs (default 2)")
     common.add_argument("--own-server", action="store_true",
                         help="use a server of the harness's own with pg_stat_statements and commit timestamps")
+    common.add_argument("--fleet-app", default=None, metavar="MODULE",
+                        help="the module the fleet imports instead of the scenario's (it must register the same"
+                        " workflows): try an engine change, e.g. a patched constant, without editing flows/")
     sub = p.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
     for name, module in SCENARIOS.items():
         s = sub.add_parser(name, parents=[common], help=module.HELP, description=module.__doc__,
@@ -67,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     params["revision"] = code_revision()
     params["cpus"] = os.cpu_count()
     try:
-        with server.server_url(args.own_server) as url, Run(args.scenario, url, args.timeout, args.shards) as run:
+        with (
+            server.server_url(args.own_server) as url,
+            Run(args.scenario, url, args.timeout, args.shards, args.fleet_app) as run,
+        ):
             runs = []
             for i in range(args.repeat):
                 if args.repeat > 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 from uuid import UUID
 
 import psycopg
@@ -135,7 +135,8 @@ class Server:
         """The statements run most often in ``dbname``, with their execution times."""
         rows = self.conn.execute(
             "SELECT s.calls, s.total_exec_time, s.rows, s.query FROM pg_stat_statements s"
-            " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s ORDER BY s.calls DESC, s.total_exec_time DESC LIMIT %s",
+            " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s"
+            " ORDER BY s.calls DESC, s.total_exec_time DESC LIMIT %s",
             (dbname, limit),
         ).fetchall()
         return [{"calls": int(c), "total_ms": float(t), "rows": int(r), "query": str(q)} for c, t, r, q in rows]
@@ -321,8 +322,8 @@ COMMIT;
 class BulkIds:
     """Ids made in Python (UUIDv7) with the shard the engine's ring gives them."""
 
-    shards: list[str]
-    ids: list[UUID]
+    shards: Sequence[str]
+    ids: Sequence[UUID]
 
 
 def load_backlog(
@@ -394,7 +395,7 @@ def load_backlog(
             " event_data)"
             " SELECT name, {}, id, %s, 0, 'workflow_started', '{{\"version\": 1}}'"
             " FROM unnest(%s::text[], %s::uuid[]) u(name, id)"
-        ).format(new_id), (tenant_id, waiting_signal.shards + sleeping.shards, waiting_signal.ids + sleeping.ids))
+        ).format(new_id), (tenant_id, [*waiting_signal.shards, *sleeping.shards], [*waiting_signal.ids, *sleeping.ids]))
         conn.execute(sql.SQL(
             "CREATE TEMP TABLE lt_sleep ON COMMIT DROP AS"
             " SELECT u.name, u.id, {} AS timer_id, now() + %s * interval '1 second' AS fire_at"
@@ -423,11 +424,12 @@ def load_backlog(
 
 def table_rows(dsn: str, tables: Iterable[str]) -> dict[str, int]:
     """Exact row counts, for the report of what the backlog holds."""
+    counts: dict[str, int] = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return {
-            t: int(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0])  # type: ignore[index]
-            for t in tables
-        }
+        for t in tables:
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()
+            counts[t] = int(row[0]) if row else 0
+    return counts
 
 
 def listen(conn: psycopg.Connection[Any], channel: str) -> None:

@@ -44,8 +44,8 @@ def record(pids: list[int], out_dir: Path, label: str) -> Iterator[list[Path]]:
     outputs = [out_dir / f"{label}-{pid}.txt" for pid in pids]
     procs = [
         subprocess.Popen(
-            [exe, "record", "--pid", str(pid), "--rate", str(SAMPLES_PER_SECOND), "--format", "raw", "--gil", "--nonblocking",
-             "--output", str(out)],
+            [exe, "record", "--pid", str(pid), "--rate", str(SAMPLES_PER_SECOND), "--format", "raw", "--gil",
+             "--nonblocking", "--output", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         for pid, out in zip(pids, outputs)

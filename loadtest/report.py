@@ -86,12 +86,12 @@ def table(result: Result) -> str:
     lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(2, "  ".join("-" * w for w in widths))
     lines += [f"note: {n}" for n in result.notes]
-    for label, rows in result.runs[-1].statements.items():
+    for label, stmts in result.runs[-1].statements.items():
         lines.append(f"statements by calls (pg_stat_statements), {label}:")
         lines += [
             f"  {r['per']:6.3f}/{r['per_unit']:<6} {r['total_ms'] / max(1, r['calls']):7.3f} ms/call"
             f"  {' '.join(r['query'].split())[:90]}"
-            for r in rows
+            for r in stmts
         ]
     for label, prof in result.runs[-1].profiles.items():
         for kind in ("inclusive", "self"):

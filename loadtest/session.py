@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any, Callable, Iterator
 
 from loadtest import db, fleet
+from loadtest.fleet import ProcessGroup
 from loadtest.progress import Progress
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -32,8 +33,11 @@ class RunTimeout(Exception):
 class Run:
     """Deadline, resources and naming of one ``python -m loadtest`` run."""
 
-    def __init__(self, scenario: str, server_url: str, timeout_seconds: float, shards: int) -> None:
+    def __init__(
+        self, scenario: str, server_url: str, timeout_seconds: float, shards: int, fleet_app: str | None = None
+    ) -> None:
         self.scenario = scenario
+        self.fleet_app = fleet_app  # replaces each scenario's app module (experiments)
         self.server_url = server_url
         self.shards = shards
         self.started = time.time()
@@ -89,12 +93,12 @@ class Run:
     @contextlib.contextmanager
     def fleet(
         self, app: str, dsn: str, workers: int, env: dict[str, str] | None = None
-    ) -> Iterator[fleet.ProcessGroup]:
+    ) -> Iterator[ProcessGroup]:
         """The supervisor with ``workers`` worker processes, yielded once each
         worker listens (it then claims); stopped when the block ends."""
         proc = fleet.start_fleet(
-            app=app, dsn=dsn, workers=workers, shards=self.shards, log_path=self.log_path(f"fleet-w{workers}"),
-            env=env,
+            app=self.fleet_app or app, dsn=dsn, workers=workers, shards=self.shards,
+            log_path=self.log_path(f"fleet-w{workers}"), env=env,
         )
         try:
             deadline = min(self.deadline, time.monotonic() + FLEET_READY_TIMEOUT_SECONDS)
@@ -115,7 +119,8 @@ class Run:
         port = fleet.free_port()
         proc = fleet.start_web(dsn=dsn, shards=self.shards, port=port, log_path=self.log_path("gunicorn"), env=env)
         try:
-            fleet.wait_http_ok(port, "/healthz", min(self.deadline, time.monotonic() + FLEET_READY_TIMEOUT_SECONDS), proc)
+            ready_by = min(self.deadline, time.monotonic() + FLEET_READY_TIMEOUT_SECONDS)
+            fleet.wait_http_ok(port, "/healthz", ready_by, proc)
             yield port
         finally:
             proc.stop()
@@ -141,7 +146,7 @@ class Run:
     # -- waiting ----------------------------------------------------------------
 
     def wait_for(
-        self, what: str, total: int, count: Callable[[], int], *, procs: tuple[fleet.ProcessGroup, ...] = ()
+        self, what: str, total: int, count: Callable[[], int], *, procs: tuple[ProcessGroup, ...] = ()
     ) -> int:
         """Poll ``count()`` with a progress line until it reaches ``total``;
         fail on the deadline or if a process under test died."""

@@ -30,7 +30,9 @@ def summary_ms(seconds: Iterable[float]) -> dict[str, float | None]:
     }
 
 
-def rate_series(times: Iterable[float], start: float, bucket: float = SERIES_BUCKET_SECONDS) -> list[tuple[float, float]]:
+def rate_series(
+    times: Iterable[float], start: float, bucket: float = SERIES_BUCKET_SECONDS
+) -> list[tuple[float, float]]:
     """Events per second in ``bucket``-wide slots from ``start``: (slot start, rate)."""
     counts: dict[int, int] = {}
     for t in times:

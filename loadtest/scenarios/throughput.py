@@ -86,11 +86,11 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
     before = run.server.xact_counts(dbname)
     samples: list[Path] = []
     with run.fleet(APP, dsn, workers) as proc, contextlib.ExitStack() as stack:
+        workers_pids = proc.children()
         if profile:
             samples = stack.enter_context(
-                profiler.record(proc.children(), run.log_path("profile").parent, f"{run.stamp}-w{workers}")
+                profiler.record(workers_pids, run.log_path("profile").parent, f"{run.stamp}-w{workers}")
             )
-        workers_pids = proc.children()
         cpu_before = sum(fleet.cpu_seconds(p) for p in workers_pids)
         started, t0 = workload.start_batch(engine, dsn, app.three_steps, range(n))
         shards = [e.workflow_name_sharded for e in started]

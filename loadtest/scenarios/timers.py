@@ -55,8 +55,11 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
             monitor.close()
     claimed = [fired - due for due, fired, _ in rows if fired is not None]
     written = [event - due for due, _, event in rows if event is not None]
-    early = sum(1 for due, fired, event in rows if (fired is not None and fired < due) or (event is not None and event < due))
-    run.note("lateness: TimerFired event written (clock_timestamp) - fire_at; claim: fired_at (the firing transaction's now()) - fire_at")
+    early = sum(
+        1 for due, fired, event in rows if (fired is not None and fired < due) or (event is not None and event < due)
+    )
+    run.note("lateness: TimerFired event written (clock_timestamp) - fire_at;"
+             " claim: fired_at (the firing transaction's now()) - fire_at")
     metrics: dict[str, float | int | None] = {
         "timers": len(rows),
         "unfired": sum(1 for _, fired, _ in rows if fired is None),
