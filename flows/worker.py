@@ -241,9 +241,9 @@ class Worker:
         and timer tasks on the replay threads. Return how long to sleep."""
         if woken_by == {"timeout"} and self._time_to_next_due() > 0:
             return self._deadline - time.monotonic()  # a safety poll that found nothing: one query
-        self._claim_activities(executor)
         if woken_by & {"start", "notify", "timeout"}:
-            self._start_replayer(executor)
+            self._start_replayer(executor)  # first: a signal's replay is what someone waits for
+        self._claim_activities(executor)
         with self._in_flight_lock:
             if self._replayers:  # the last replay thread to run dry wakes the loop
                 return SAFETY_POLL_SECONDS
