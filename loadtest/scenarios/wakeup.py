@@ -11,6 +11,10 @@ commit follows within a millisecond or two, so this errs long) to:
 - else the clock_timestamp() of that transaction's last write (its commit
   follows; this errs short by the commit).
 
+The signal's own commit lies inside the first figure; ``send_signal_p50_ms``
+(the whole call, client side: a pool check, the row lock, the insert and
+the commit) bounds it.
+
 A second figure is the client's view: from the moment the harness called
 ``send_signal`` (so it includes the signal's own transaction) until the
 shard's ``flows-done`` notification of the consuming commit reached a
@@ -63,14 +67,17 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
             engine.ping()  # open the client pool before the clock starts
             run.reset_statements(dsn)
             sent: list[tuple[str, float]] = []
+            send_s: list[float] = []  # each send_signal call, from the client
             with DoneListener(dsn, shards) as listener:
                 start = time.monotonic()
                 for i, ex in enumerate(executions):
                     pause = start + i / args.rate - time.monotonic()
                     if pause > 0:
                         time.sleep(pause)
-                    sent.append((ex.workflow_name_sharded, time.monotonic()))
+                    called = time.monotonic()
+                    sent.append((ex.workflow_name_sharded, called))
                     engine.send_signal(ex.workflow_name, ex.workflow_id, app.GO_SIGNAL, i)
+                    send_s.append(time.monotonic() - called)
                     run.check_deadline()
                 sending_s = time.monotonic() - start
                 run.wait_for("woken workflows", n, lambda: monitor.ended(shards)[0], procs=(proc,))
@@ -98,6 +105,7 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
         **{f"latency_{k}": v for k, v in stats.summary_ms(db_s).items()},
         **{f"client_{k}": v for k, v in stats.summary_ms(client_s).items()},
         "client_unmatched": sum(1 for d in delays if d is None),
+        "send_signal_p50_ms": stats.percentile([s * 1000.0 for s in send_s], 50),
     }
     return Measurement(
         metrics,
