@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Callable
 
 from loadtest import db, fleet
 from loadtest.progress import Progress
@@ -38,12 +39,18 @@ def targets(args: argparse.Namespace) -> list[Target]:
     ]
 
 
-def _watch(run: Run, what: str, seconds: float, procs: tuple[fleet.ProcessGroup, ...]) -> None:
+def _watch(
+    run: Run, what: str, seconds: float, procs: tuple[fleet.ProcessGroup, ...],
+    on_tick: Callable[[float], None] | None = None,
+) -> None:
+    """Wait ``seconds`` with a progress line, calling ``on_tick(elapsed)`` each tick."""
     progress = Progress(what, int(seconds))
     start = time.monotonic()
     try:
         while (elapsed := time.monotonic() - start) < seconds:
             progress.update(int(elapsed))
+            if on_tick is not None:
+                on_tick(elapsed)
             for p in procs:
                 p.check_alive()
             run.check_deadline()
@@ -63,10 +70,17 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
             before = run.server.xact_counts(dbname)
             run.reset_statements(dsn)
             cpu_before = {pid: fleet.cpu_seconds(pid) for pid in [proc.pid, *workers]}
+            over_time: list[tuple[float, float]] = []  # (seconds, transactions so far)
+
+            def sample(elapsed: float) -> None:
+                so_far = run.server.xact_counts(dbname).minus(before)
+                over_time.append((elapsed, float(so_far.commits + so_far.rollbacks)))
+
             t0 = time.monotonic()
-            _watch(run, "idle window", args.window, (proc,))
+            _watch(run, "idle window", args.window, (proc,), sample)
             elapsed = time.monotonic() - t0
             delta = run.server.xact_counts(dbname).minus(before)
+            over_time.append((elapsed, float(delta.commits + delta.rollbacks)))
             calls = run.server.statement_calls(dbname) if statements else None
             top = run.statements(dsn, 1, "window")
             cpu = {pid: fleet.cpu_seconds(pid) - cpu_before[pid] for pid in cpu_before}
@@ -85,7 +99,10 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
         "worker_cpu_pct_mean": sum(worker_pct) / len(worker_pct) if worker_pct else None,
         "supervisor_cpu_pct": 100.0 * cpu[proc.pid] / elapsed,
     }
-    m = Measurement(metrics, series_title="-", latency_title="-")
+    m = Measurement(
+        metrics, series={"database": over_time}, series_title="transactions so far",
+        latency_title="(no latencies in this scenario)",
+    )
     if top:
         m.statements["idle window"] = [
             {**r, "per": r["calls"] / elapsed / max(1, len(workers)), "per_unit": "s/wkr"} for r in top
