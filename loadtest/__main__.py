@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with (
             server.server_url(args.own_server) as url,
-            Run(args.scenario, url, args.timeout, args.shards, args.fleet_app) as run,
+            Run(args.scenario, url, args.timeout, args.shards, args.fleet_app, own_server=args.own_server) as run,
         ):
             runs = []
             for i in range(args.repeat):

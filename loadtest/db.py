@@ -82,6 +82,14 @@ class Server:
         ).fetchone()
         return XactCounts(0, 0, 0) if row is None else XactCounts(int(row[0]), int(row[1]), int(row[2]))
 
+    def next_xid(self) -> int:
+        """The next transaction id the server will assign: the difference of
+        two readings is how many transactions (and subtransactions) wrote
+        anything in between, server-wide. Reading it assigns none."""
+        row = self.conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()
+        assert row is not None
+        return int(row[0])
+
     def listening_backends(self, dbname: str) -> int:
         """Sessions of ``dbname`` whose last statement was a LISTEN: one per
         worker once it is in its loop (read here, so it adds no transaction

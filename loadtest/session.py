@@ -34,9 +34,11 @@ class Run:
     """Deadline, resources and naming of one ``python -m loadtest`` run."""
 
     def __init__(
-        self, scenario: str, server_url: str, timeout_seconds: float, shards: int, fleet_app: str | None = None
+        self, scenario: str, server_url: str, timeout_seconds: float, shards: int, fleet_app: str | None = None,
+        *, own_server: bool = False,
     ) -> None:
         self.scenario = scenario
+        self.own_server = own_server  # nothing else writes there: server-wide counters are ours
         self.fleet_app = fleet_app  # replaces each scenario's app module (experiments)
         self.server_url = server_url
         self.shards = shards

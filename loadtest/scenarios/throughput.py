@@ -5,7 +5,10 @@ The workflows are started in one transaction once the fleet listens, so the
 clock runs from that commit to the last workflow's completion. Transactions
 are pg_stat_database deltas of the run's database taken while nothing else
 is connected to it, less the harness's own (counted); they include the
-fleet's start-up and shutdown (a few dozen), a small overcount.
+fleet's start-up and shutdown (a few dozen), a small overcount, and the
+read-only transactions listening backends run to receive notifications.
+With ``--own-server`` the transactions that wrote are counted too, from the
+server's transaction id counter.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class BatchFigures:
     seconds: float
     steps: int
     commits: int
+    writes: int | None  # transactions that wrote (XIDs assigned), on a server of our own
     rollbacks: int
     step_latencies_ms: list[float]
     series: Series
@@ -84,6 +88,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
     run.server.wait_backends_gone(dbname)
     run.reset_statements(dsn)
     before = run.server.xact_counts(dbname)
+    xid_before = run.server.next_xid()
     samples: list[Path] = []
     with run.fleet(APP, dsn, workers) as proc, contextlib.ExitStack() as stack:
         workers_pids = proc.children()
@@ -103,6 +108,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
         cpu = sum(fleet.cpu_seconds(p) for p in workers_pids) - cpu_before
     run.server.wait_backends_gone(dbname)
     delta = run.server.xact_counts(dbname).minus(before)
+    writes = run.server.next_xid() - xid_before - (n + 1)  # less the start: 1 transaction, n savepoints
     ours = monitor.transactions + 1  # the polls and the one start transaction
     results = db.Monitor(dsn)
     try:
@@ -117,6 +123,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
         seconds=max(ended) - t0,
         steps=len(acts),
         commits=delta.commits - ours,
+        writes=writes if run.own_server else None,
         rollbacks=delta.rollbacks,
         worker_cpu_s=cpu,
         step_latencies_ms=[(done - scheduled) * 1000.0 for scheduled, done in acts],
@@ -144,6 +151,7 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
         metrics[f"{w}_steps_per_s"] = fig.steps_per_s
         metrics[f"{w}_steps_per_s_vs_pgbench"] = None if tps is None else fig.steps_per_s / tps
         metrics[f"{w}_xacts_per_step"] = fig.xacts_per_step
+        metrics[f"{w}_write_xacts_per_step"] = None if fig.writes is None else fig.writes / max(1, fig.steps)
         metrics[f"{w}_worker_cpu_ms_per_step"] = 1000.0 * fig.worker_cpu_s / max(1, fig.steps)
         metrics[f"{w}_rollbacks"] = fig.rollbacks
         metrics[f"{w}_failed"] = fig.failed
