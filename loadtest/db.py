@@ -75,6 +75,17 @@ class Server:
     def drop_database(self, name: str) -> None:
         self.conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
+    def idle_databases(self, prefix: str) -> list[str]:
+        """Databases named ``prefix...`` with no session connected."""
+        return [
+            str(r[0])
+            for r in self.conn.execute(
+                "SELECT d.datname FROM pg_database d WHERE starts_with(d.datname, %s)"
+                " AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)",
+                (prefix,),
+            )
+        ]
+
     def xact_counts(self, dbname: str) -> XactCounts:
         self.conn.execute("SELECT pg_stat_clear_snapshot()")
         row = self.conn.execute(

@@ -3,6 +3,8 @@
 Each runs in a session (process group) of its own, so stopping it reaches
 its children too and a Ctrl-C in the terminal reaches only the harness,
 which then stops them in order: SIGTERM, a deadline, SIGKILL to the group.
+Each is started through ``loadtest.orphan``, so it is told to stop even if
+the harness is killed outright.
 Their output goes to a log file next to the results, not to the terminal.
 """
 
@@ -33,7 +35,7 @@ class ProcessGroup:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "loadtest.orphan", *argv], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 

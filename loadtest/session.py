@@ -24,6 +24,7 @@ FLEET_READY_TIMEOUT_SECONDS = 30.0
 WAIT_POLL_SECONDS = 0.5  # progress polls: one query each, counted and left out of the deltas
 READY_POLL_SECONDS = 0.05
 TOP_STATEMENTS = 40
+DATABASE_PREFIX = "lt_"  # lt_<scenario>_<pid>_<n>
 
 
 class RunTimeout(Exception):
@@ -55,11 +56,21 @@ class Run:
 
     def __enter__(self) -> Run:
         self._old_term = signal.signal(signal.SIGTERM, _interrupt)
+        self._drop_leftovers()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.server.close()
         signal.signal(signal.SIGTERM, self._old_term)
+
+    def _drop_leftovers(self) -> None:
+        """Drop the databases of runs that were killed outright (SIGKILL):
+        named for a pid that no longer runs here, and with nobody connected."""
+        for name in self.server.idle_databases(DATABASE_PREFIX):
+            parts = name.split("_")
+            pid = int(parts[-2]) if len(parts) >= 4 and parts[-2].isdigit() else None
+            if pid is not None and not _alive(pid):
+                self.server.drop_database(name)
 
     def restart_clock(self) -> None:
         """Each repeat gets the whole --timeout."""
@@ -86,7 +97,7 @@ class Run:
         """A fresh database ``lt_<scenario>_<pid>_<n>`` (migrated unless told
         otherwise), dropped when the block ends; yields its DSN."""
         self._databases += 1
-        name = f"lt_{self.tag}_{self._databases}"
+        name = f"{DATABASE_PREFIX}{self.tag}_{self._databases}"
         try:
             yield self.server.create_database(name, migrated=migrated)
         finally:
@@ -165,6 +176,16 @@ class Run:
                 time.sleep(WAIT_POLL_SECONDS)
         finally:
             progress.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
