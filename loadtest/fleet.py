@@ -35,8 +35,8 @@ class ProcessGroup:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loadtest.orphan", *argv], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            [sys.executable, "-m", "loadtest.orphan", *argv], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     @property
