@@ -7,7 +7,6 @@ repeats the table shows each metric's median; the JSON keeps every run.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -164,7 +163,3 @@ def write_plot(result: Result, path: Path) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
-
-
-def finite(value: float | None) -> float | None:
-    return None if value is None or math.isnan(value) or math.isinf(value) else value
