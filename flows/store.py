@@ -244,16 +244,22 @@ def cancel_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, 
 def claim_workflow_task(conn: Conn, shards: list[str]) -> WorkflowTask | None:
     """Claim one due workflow or timer task and lock its workflow row, both
     skipping rows another transaction holds: two replays of one workflow
-    never overlap, and a claim never waits."""
+    never overlap, and a claim never waits.
+
+    Shards are tried in the order given, each by its own index-ordered scan
+    (oldest due first) that stops at the first free task: one query over
+    ``workflow_name = ANY(...)`` would sort every due task to return one."""
     row = conn.execute(
-        "SELECT t.id, t.task_type, t.target_id, now(),"
-        " w.name, w.id, w.tenant_id, w.version, w.status, w.input::text, w.output::text, w.error, w.sequence_num,"
-        " w.waiting_for, w.created_at, w.updated_at, w.completed_at"
-        " FROM task_queue t JOIN workflows w ON w.name = t.workflow_name AND w.id = t.workflow_id"
-        " WHERE t.workflow_name = ANY(%s) AND t.task_type IN ('workflow', 'timer')"
-        " AND t.visibility_timeout <= now()"
-        " ORDER BY t.visibility_timeout LIMIT 1"
-        " FOR UPDATE OF t, w SKIP LOCKED",
+        "SELECT c.* FROM unnest(%s::text[]) AS s(shard) CROSS JOIN LATERAL ("
+        "  SELECT t.id, t.task_type, t.target_id, now(),"
+        "   w.name, w.id, w.tenant_id, w.version, w.status, w.input::text, w.output::text, w.error,"
+        "   w.sequence_num, w.waiting_for, w.created_at, w.updated_at, w.completed_at"
+        "  FROM task_queue t JOIN workflows w ON w.name = t.workflow_name AND w.id = t.workflow_id"
+        "  WHERE t.workflow_name = s.shard AND t.task_type IN ('workflow', 'timer')"
+        "  AND t.visibility_timeout <= now()"
+        "  ORDER BY t.visibility_timeout LIMIT 1"
+        "  FOR UPDATE OF t, w SKIP LOCKED) c"
+        " LIMIT 1",
         (shards,),
     ).fetchone()
     if row is None:

@@ -50,6 +50,7 @@ log = logging.getLogger("flows.worker")
 
 SAFETY_POLL_SECONDS = float(os.environ.get("FLOWS_SAFETY_POLL_SECONDS", "30"))
 BUSY_RECHECK_SECONDS = 0.25  # due work held by another worker: look again soon
+DUE_MARGIN_SECONDS = 0.001  # wake this long after a task falls due, never just before it
 RECONNECT_MAX_SECONDS = 5.0
 GRACEFUL_TIMEOUT_SECONDS = float(os.environ.get("FLOWS_GRACEFUL_TIMEOUT", "30"))
 RECORD_RETRY_SECONDS = 60.0  # keep trying to record an activity result this long
@@ -105,6 +106,8 @@ class Worker:
         self._in_flight = 0
         self._replayers = 0
         self._replay_failures = 0
+        self._turn = 0  # which shard a workflow-task claim tries first
+        self._rechecked = False  # looked again at once for work that seemed due
         self._deadline = 0.0  # time.monotonic() of the next look at the queue
         self._deadline_ignores_activities = False  # computed while every slot was busy
         self._in_flight_lock = threading.Lock()
@@ -249,8 +252,12 @@ class Worker:
                 return SAFETY_POLL_SECONDS
         slot_freed = "pipe" in woken_by and self._deadline_ignores_activities and self._free_slots() > 0
         if woken_by & {"start", "notify", "timeout", "dry"} or slot_freed:
-            if self._time_to_next_due() <= 0:  # due, yet not ours to claim: another worker holds it
+            if self._time_to_next_due() > 0:
+                self._rechecked = False
+            elif self._rechecked:  # due, yet still not ours: another worker holds it
                 self._deadline = time.monotonic() + BUSY_RECHECK_SECONDS
+            else:  # it may have fallen due just after our claim looked: look once more now
+                self._rechecked = True
         return self._deadline - time.monotonic()
 
     def _time_to_next_due(self) -> float:
@@ -262,7 +269,7 @@ class Worker:
             due_in = store.next_due(conn, self.shards, activities=free)
         self._deadline_ignores_activities = not free
         due_in = SAFETY_POLL_SECONDS if due_in is None else min(due_in, SAFETY_POLL_SECONDS)
-        self._deadline = time.monotonic() + max(0.0, due_in)
+        self._deadline = time.monotonic() + (due_in + DUE_MARGIN_SECONDS if due_in > 0 else 0.0)
         return due_in
 
     def _start_replayer(self, executor: ThreadPoolExecutor) -> None:
@@ -282,6 +289,7 @@ class Worker:
         try:
             while not self._stopping.is_set() and self._run_workflow_task(executor):
                 self._replay_failures = 0
+                self._rechecked = False
                 self._start_replayer(executor)
         except Exception as exc:  # noqa: BLE001 - the database went away, or a bug: back off, then the loop retries
             self._replay_failures += 1
@@ -336,7 +344,7 @@ class Worker:
         leased: list[store.ActivityTask] = []
         try:
             with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-                task = store.claim_workflow_task(conn, self.shards)
+                task = store.claim_workflow_task(conn, self._shards_in_turn())
                 if task is None:
                     return False
                 wf = task.workflow
@@ -350,6 +358,13 @@ class Worker:
             return True
         finally:
             self._release(slot - len(leased))
+
+    def _shards_in_turn(self) -> list[str]:
+        """Our shards, starting one further each call: no shard waits behind another."""
+        with self._in_flight_lock:
+            self._turn = (self._turn + 1) % len(self.shards)
+            turn = self._turn
+        return self.shards[turn:] + self.shards[:turn]
 
     def _start_attempts(self, executor: ThreadPoolExecutor, tasks: list[store.ActivityTask]) -> None:
         """Run attempts in slots already reserved for them."""
