@@ -278,22 +278,27 @@ class Engine:
         deadline = None if timeout is None else time.monotonic() + timeout
         with store.wrapped(), store.connect(self.dsn, autocommit=True) as listen:
             store.listen(listen, [sharding.channel(shard, "flows-done")])
-            while True:
-                row = store.get_workflow(listen, shard, wid, tenant)
-                if row is None:
-                    raise WorkflowNotFound(f"no workflow {name}/{wid}")
-                if row.status in ENDED:
-                    status = self._status(name, row)
-                    if row.status == "completed":
-                        return status.output
-                    raise WorkflowFailed(wid, row.status, row.error)
-                wait = RESULT_RECHECK_SECONDS
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
-                        raise TimeoutError(f"workflow {name}/{wid} still {row.status} after {timeout}s")
-                for _ in listen.notifies(timeout=wait, stop_after=1):
-                    pass
+            store.count_result_waiter(listen, shard, wid, tenant, +1)  # only then is the end announced
+            try:
+                while True:
+                    row = store.get_workflow(listen, shard, wid, tenant)
+                    if row is None:
+                        raise WorkflowNotFound(f"no workflow {name}/{wid}")
+                    if row.status in ENDED:
+                        status = self._status(name, row)
+                        if row.status == "completed":
+                            return status.output
+                        raise WorkflowFailed(wid, row.status, row.error)
+                    wait = RESULT_RECHECK_SECONDS
+                    if deadline is not None:
+                        wait = min(wait, deadline - time.monotonic())
+                        if wait <= 0:
+                            raise TimeoutError(f"workflow {name}/{wid} still {row.status} after {timeout}s")
+                    for _ in listen.notifies(timeout=wait, stop_after=1):
+                        pass
+            finally:
+                if not listen.closed:
+                    store.count_result_waiter(listen, shard, wid, tenant, -1)
 
     def cancel(self, workflow_name: str, workflow_id: object, *, tenant_id: object = None) -> bool:
         """Cancel a running workflow: it ends as ``cancelled`` and its pending

@@ -198,6 +198,15 @@ def workflow_tenant_and_status(
     return None if row is None else (row[0], row[1], row[2])
 
 
+def count_result_waiter(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID | None, delta: int) -> None:
+    """Register (+1) or withdraw (-1) a caller waiting for the workflow's end."""
+    conn.execute(
+        "UPDATE workflows SET result_waiters = GREATEST(0, result_waiters + %s) WHERE name = %s AND id = %s"
+        " AND (%s::uuid IS NULL OR tenant_id = %s::uuid)",
+        (delta, shard, workflow_id, tenant_id, tenant_id),
+    )
+
+
 def insert_signal(
     conn: Conn, *, shard: str, signal_id: UUID, workflow_id: UUID, tenant_id: UUID, name: str, payload: bytes
 ) -> None:
@@ -224,7 +233,7 @@ def cancel_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, 
     row = conn.execute(
         "UPDATE workflows SET status = 'cancelled', error = 'cancelled', waiting_for = NULL,"
         " sequence_num = sequence_num + 1, updated_at = now(), completed_at = now()"
-        " WHERE name = %s AND id = %s RETURNING sequence_num",
+        " WHERE name = %s AND id = %s RETURNING sequence_num, result_waiters",
         (shard, workflow_id),
     ).fetchone()
     assert row is not None
@@ -235,7 +244,8 @@ def cancel_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, 
         (shard, workflow_id),
     )
     insert_event(conn, shard, workflow_id, tenant_id, row[0], history.WorkflowCancelled(), event_id)
-    notify(conn, [shard], kind="flows-done")
+    if row[1]:
+        notify(conn, [shard], kind="flows-done")
 
 
 # -- the worker side ----------------------------------------------------------
@@ -387,7 +397,8 @@ def finish_workflow(
     row = conn.execute(
         "UPDATE workflows SET status = %s, output = %s, error = %s, waiting_for = NULL,"
         " sequence_num = GREATEST(sequence_num, %s) + 1, updated_at = now(), completed_at = now(),"
-        " activity_results = activity_results || %s WHERE name = %s AND id = %s RETURNING sequence_num",
+        " activity_results = activity_results || %s WHERE name = %s AND id = %s"
+        " RETURNING sequence_num, result_waiters",
         (status, None if output is None else Json(output), error, seq, _results(result), shard, workflow_id),
     ).fetchone()
     assert row is not None
@@ -406,7 +417,8 @@ def finish_workflow(
         (shard, workflow_id),
     )
     insert_event(conn, shard, workflow_id, tenant_id, row[0], event, event_id)
-    notify(conn, [shard], kind="flows-done")
+    if row[1]:  # someone waits in Engine.result()
+        notify(conn, [shard], kind="flows-done")
 
 
 def claim_activity_tasks(conn: Conn, shards: list[str], owner: str, limit: int) -> list[ActivityTask]:

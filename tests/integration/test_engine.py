@@ -240,3 +240,29 @@ def test_a_timer_fires_on_time_while_every_activity_slot_is_busy(
     assert 0 <= late < 1.0  # not left for the 30 s safety poll behind the queued activity
     assert ledger.execute("SELECT count(*) FROM ledger").fetchone() == (1,)  # the queued one still waits
     assert engine.query(running.workflow_name, running.workflow_id).status == "running"
+
+
+def test_result_is_woken_by_the_workflows_end_not_by_polling(
+    engine: Engine, worker: Any, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.engine
+
+    monkeypatch.setattr(flows.engine, "RESULT_RECHECK_SECONDS", 60.0)  # only the NOTIFY can wake it in time
+    run = engine.start(sleeper, 0.3)
+    began = time.monotonic()
+    assert engine.result(run.workflow_name, run.workflow_id, timeout=10)
+    assert time.monotonic() - began < 5  # not the last look at the 10 s timeout
+    assert rows(db, "SELECT result_waiters FROM workflows") == [(0,)]  # withdrawn again
+
+
+def test_no_end_announcement_when_nobody_waits(engine: Engine, worker: Any, db: Any) -> None:
+    from flows import sharding
+
+    for shard in engine.shard_names("t-sleeper"):
+        db.execute(f'LISTEN "{sharding.channel(shard, "flows-done")}"')
+    run = engine.start(sleeper, 0.0)
+    deadline = time.monotonic() + 10
+    while engine.query(run.workflow_name, run.workflow_id).status != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert list(db.notifies(timeout=0.2)) == []
