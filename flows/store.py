@@ -294,19 +294,20 @@ def fire_timer(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, timer
 def load_replay_state(
     conn: Conn, shard: str, workflow_id: UUID
 ) -> tuple[list[tuple[int, str, str]], list[tuple[UUID, str, str]]]:
-    """The workflow's events in order, and its unconsumed signals oldest first."""
-    with conn.pipeline():
-        events = conn.execute(
-            "SELECT sequence_num, event_type, event_data::text FROM history_events"
-            " WHERE workflow_name = %s AND workflow_id = %s ORDER BY sequence_num, created_at, id",
-            (shard, workflow_id),
-        )
-        signals = conn.execute(
-            "SELECT id, signal_name, payload::text FROM signals"
-            " WHERE workflow_name = %s AND workflow_id = %s AND NOT consumed ORDER BY created_at, id",
-            (shard, workflow_id),
-        )
-    return events.fetchall(), signals.fetchall()
+    """The workflow's events in order, and its unconsumed signals oldest
+    first, read in one statement."""
+    rows = conn.execute(
+        "(SELECT false AS signal, sequence_num, NULL::uuid AS id, event_type, event_data::text, created_at,"
+        "  id AS tiebreak FROM history_events WHERE workflow_name = %s AND workflow_id = %s)"
+        " UNION ALL"
+        " (SELECT true, NULL, id, signal_name, payload::text, created_at, id FROM signals"
+        "  WHERE workflow_name = %s AND workflow_id = %s AND NOT consumed)"
+        " ORDER BY signal, sequence_num, created_at, tiebreak",
+        (shard, workflow_id, shard, workflow_id),
+    ).fetchall()
+    events = [(seq, kind, data) for is_signal, seq, _, kind, data, _, _ in rows if not is_signal]
+    signals = [(sid, name, data) for is_signal, _, sid, name, data, _, _ in rows if is_signal]
+    return events, signals
 
 
 def insert_event(
