@@ -20,6 +20,7 @@ import psycopg.errors
 from psycopg import sql
 from psycopg.rows import tuple_row
 import psycopg_pool
+import uuid6
 from psycopg_pool import ConnectionPool
 
 from flows import codec, history, sharding
@@ -310,6 +311,22 @@ def load_replay_state(
     return events, signals
 
 
+def insert_events(
+    conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, events: list[tuple[int, msgspec.Struct]]
+) -> None:
+    """Append several events to the history in one statement."""
+    if not events:
+        return
+    conn.execute(
+        "INSERT INTO history_events (workflow_name, id, workflow_id, tenant_id, sequence_num, event_type, event_data)"
+        " SELECT %s, e.id, %s, %s, e.seq, e.kind, e.data::jsonb"
+        " FROM unnest(%s::uuid[], %s::int[], %s::text[], %s::text[]) WITH ORDINALITY AS e(id, seq, kind, data, n)"
+        " ORDER BY e.n",
+        (shard, workflow_id, tenant_id, [uuid6.uuid7() for _ in events], [seq for seq, _ in events],
+         [history.event_type(e) for _, e in events], [codec.encode(e).decode() for _, e in events]),
+    )
+
+
 def insert_event(
     conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, seq: int, event: msgspec.Struct, event_id: UUID
 ) -> None:
@@ -463,20 +480,14 @@ def lock_and_take_leased_task(
     return WorkflowRow(*row[:-1]), row[-1]
 
 
-def complete_activity(
-    conn: Conn, *, shard: str, workflow_id: UUID, tenant_id: UUID, activity_id: UUID, seq: int, name: str,
-    output: bytes, attempt: int, event_id: UUID,
-) -> None:
-    """Record an activity's output (``workflows.activity_results`` gets it
-    with the workflow's own update, after the replay)."""
+def complete_activity(conn: Conn, *, shard: str, activity_id: UUID, output: bytes, attempt: int) -> None:
+    """Record an activity's output on its row (its history event and
+    ``workflows.activity_results`` are written with the replay that follows)."""
     conn.execute(
         "UPDATE activities SET status = 'completed', output = %s, attempt = %s, error = NULL,"
         " next_retry_at = NULL, updated_at = now(), completed_at = now()"
         " WHERE workflow_name = %s AND id = %s",
         (Json(output), attempt, shard, activity_id),
-    )
-    insert_event(
-        conn, shard, workflow_id, tenant_id, seq, history.ActivityCompleted(name, msgspec.Raw(output), attempt), event_id
     )
 
 
@@ -504,18 +515,13 @@ def retry_activity(
     notify(conn, [shard])
 
 
-def fail_activity(
-    conn: Conn, *, shard: str, workflow_id: UUID, tenant_id: UUID, activity_id: UUID, seq: int, name: str,
-    error: str, attempt: int, event_id: UUID,
-) -> None:
-    """The last attempt failed: the failure goes to the workflow."""
+def fail_activity(conn: Conn, *, shard: str, activity_id: UUID, error: str, attempt: int) -> None:
+    """The last attempt failed (the failure goes to the workflow, with the
+    replay that follows)."""
     conn.execute(
         "UPDATE activities SET status = 'failed', attempt = %s, error = %s, next_retry_at = NULL,"
         " updated_at = now(), completed_at = now() WHERE workflow_name = %s AND id = %s",
         (attempt, error, shard, activity_id),
-    )
-    insert_event(
-        conn, shard, workflow_id, tenant_id, seq, history.ActivityFailed(name, error, attempt + 1), event_id
     )
 
 

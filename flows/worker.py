@@ -375,10 +375,12 @@ class Worker:
 
     def _advance(
         self, conn: Any, wf: store.WorkflowRow, db_now: datetime, lease_to: str | None,
-        result: tuple[int, bytes] | None = None,
+        result: tuple[int, bytes] | None = None, recorded: tuple[int, msgspec.Struct] | None = None,
     ) -> list[store.ActivityTask]:
         """Replay a locked workflow and write what the new step recorded; an
-        activity it schedules is leased to ``lease_to`` (and returned) when set."""
+        activity it schedules is leased to ``lease_to`` (and returned) when set.
+        ``recorded`` is an event this transaction adds before the replay (an
+        activity's end): replayed from memory, written with the replay's own."""
         definition = self.workflows[sharding.base_name(wf.name)]
         if wf.version != definition.version:
             outcome = Outcome(
@@ -388,15 +390,17 @@ class Worker:
             )
         else:
             events, signals = store.load_replay_state(conn, wf.name, wf.id)
+            if recorded is not None:
+                events.append((recorded[0], history.event_type(recorded[1]), codec.encode(recorded[1]).decode()))
             outcome = replay(
                 definition, workflow_id=wf.id, workflow_name=wf.name, tenant_id=wf.tenant_id, input=wf.input,
                 events=events, signals=[PendingSignal(*s) for s in signals], db_now=db_now,
             )
-        return self._apply(conn, wf, outcome, lease_to, result)
+        return self._apply(conn, wf, outcome, lease_to, result, [recorded] if recorded else [])
 
     def _apply(
         self, conn: Any, wf: store.WorkflowRow, outcome: Outcome, lease_to: str | None,
-        result: tuple[int, bytes] | None,
+        result: tuple[int, bytes] | None, events: list[tuple[int, msgspec.Struct]],
     ) -> list[store.ActivityTask]:
         shard, wid, tenant = wf.name, wf.id, wf.tenant_id
         wake = False
@@ -411,11 +415,7 @@ class Worker:
                     name=act.name, seq=cmd.seq, input=cmd.input, max_attempts=act.retry.max_attempts,
                     lease_seconds=act.timeout_seconds, task_id=task_id, lease_owner=owner,
                 )
-                store.insert_event(
-                    conn, shard, wid, tenant, cmd.seq,
-                    history.ActivityScheduled(act.name, cmd.activity_id, msgspec.Raw(cmd.input)),
-                    uuid6.uuid7(),
-                )
+                events.append((cmd.seq, history.ActivityScheduled(act.name, cmd.activity_id, msgspec.Raw(cmd.input))))
                 if owner is None:
                     wake = True
                 else:
@@ -424,23 +424,17 @@ class Worker:
             elif isinstance(cmd, ConsumeSignal):
                 sig = cmd.signal
                 store.consume_signal(conn, shard, sig.id, cmd.seq)
-                store.insert_event(
-                    conn, shard, wid, tenant, cmd.seq,
-                    history.SignalReceived(sig.name, sig.id, msgspec.Raw(sig.payload or "null")),
-                    uuid6.uuid7(),
-                )
+                events.append((cmd.seq, history.SignalReceived(sig.name, sig.id, msgspec.Raw(sig.payload or "null"))))
             elif isinstance(cmd, StartTimer):
                 store.insert_timer(
                     conn, shard=shard, timer_id=cmd.timer_id, workflow_id=wid, tenant_id=tenant, seq=cmd.seq,
                     fire_at=cmd.fire_at, task_id=uuid6.uuid7(),
                 )
-                store.insert_event(
-                    conn, shard, wid, tenant, cmd.seq, history.TimerStarted(cmd.timer_id, cmd.fire_at, cmd.seconds),
-                    uuid6.uuid7(),
-                )
+                events.append((cmd.seq, history.TimerStarted(cmd.timer_id, cmd.fire_at, cmd.seconds)))
                 wake = True
             elif isinstance(cmd, RecordEvent):
-                store.insert_event(conn, shard, wid, tenant, cmd.seq, cmd.event, uuid6.uuid7())
+                events.append((cmd.seq, cmd.event))
+        store.insert_events(conn, shard, wid, tenant, events)
         if outcome.status == "running":
             store.update_workflow_running(conn, shard, wid, outcome.last_seq, outcome.waiting_for, result)
         else:
@@ -531,26 +525,29 @@ class Worker:
         wf, db_now = locked
         if wf.status != "running":
             return []
-        common = dict(
-            shard=shard, workflow_id=wid, tenant_id=task.tenant_id, activity_id=task.activity_id,
-            seq=task.sequence_num, name=task.name, event_id=uuid6.uuid7(),
-        )
+        seq, name = task.sequence_num, task.name
+        recorded: tuple[int, msgspec.Struct]
         if error is None:
             assert output is not None
-            store.complete_activity(conn, output=output, attempt=task.attempt, **common)  # type: ignore[arg-type]
+            store.complete_activity(conn, shard=shard, activity_id=task.activity_id, output=output,
+                                    attempt=task.attempt)
+            recorded = (seq, history.ActivityCompleted(name, msgspec.Raw(output), task.attempt))
         else:
             retry = definition.retry if definition is not None else DEFAULT_RETRY
             failures = task.attempt + 1
             if failures < retry.max_attempts:
                 lease = definition.timeout_seconds if definition is not None else 300.0
                 store.retry_activity(
-                    conn, error=error, attempt=task.attempt, delay_seconds=retry.delay_seconds(failures, random.random),
-                    lease_seconds=lease, task_id=uuid6.uuid7(), **common,  # type: ignore[arg-type]
+                    conn, shard=shard, workflow_id=wid, tenant_id=task.tenant_id, activity_id=task.activity_id,
+                    seq=seq, name=name, error=error, attempt=task.attempt,
+                    delay_seconds=retry.delay_seconds(failures, random.random), lease_seconds=lease,
+                    event_id=uuid6.uuid7(), task_id=uuid6.uuid7(),
                 )
                 return []
-            store.fail_activity(conn, error=error, attempt=task.attempt, **common)  # type: ignore[arg-type]
+            store.fail_activity(conn, shard=shard, activity_id=task.activity_id, error=error, attempt=task.attempt)
+            recorded = (seq, history.ActivityFailed(name, error, failures))
         lease_to = None if self._stopping.is_set() else self.owner
-        return self._advance(conn, wf, db_now, lease_to, None if output is None else (task.sequence_num, output))
+        return self._advance(conn, wf, db_now, lease_to, None if output is None else (seq, output), recorded)
 
     # -- heartbeat --------------------------------------------------------------
 
