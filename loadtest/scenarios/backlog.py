@@ -87,4 +87,5 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
         latencies_ms={"empty tables": empty.step_latencies_ms, "backlog": loaded.step_latencies_ms},
         series_title="activity steps recorded per second",
         latency_title="step latency (ms)",
+        statements={k: f.statements for k, f in (("empty tables", empty), ("backlog", loaded)) if f.statements},
     )
