@@ -207,6 +207,16 @@ class Monitor:
             (names, ids),
         )[0])
 
+    def await_results(self, shards: list[str]) -> None:
+        """Count the harness as one ``Engine.result()`` waiter on every
+        workflow of these shards (what result() does for its own), so the
+        engine announces their ends on ``flows-done``."""
+        self._one(
+            "WITH w AS (UPDATE workflows SET result_waiters = result_waiters + 1 WHERE name = ANY(%s) RETURNING 1)"
+            " SELECT count(*) FROM w",
+            (shards,),
+        )
+
     def waiting(self, shards: list[str], waiting_for: str) -> int:
         return int(self._one(
             "SELECT count(*) FROM workflows WHERE name = ANY(%s) AND status = 'running' AND waiting_for = %s",
