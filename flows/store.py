@@ -553,14 +553,6 @@ def release_leases(conn: Conn, shards: list[str], owner: str) -> int:
 # -- inspection (the CLI) -------------------------------------------------------
 
 
-def history_rows(conn: Conn, shard: str, workflow_id: UUID) -> list[tuple[int, str, str]]:
-    return conn.execute(
-        "SELECT sequence_num, event_type, event_data::text FROM history_events"
-        " WHERE workflow_name = %s AND workflow_id = %s ORDER BY sequence_num, created_at, id",
-        (shard, workflow_id),
-    ).fetchall()
-
-
 def count_workflows(conn: Conn) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     for name, status, n in conn.execute("SELECT name, status, count(*) FROM workflows GROUP BY 1, 2 ORDER BY 1, 2"):
