@@ -60,7 +60,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     with _engine(args) as engine:
         status = engine.query(args.name, args.id, tenant_id=args.tenant)
         with engine.connection() as conn:
-            events, _ = store.load_replay_state(conn, status.name, status.id)
+            state = store.replay_state(conn, status.name, status.id)
+    events = state.events if state is not None else []
     _print({"workflow": status, "history": [{"seq": s, "type": t, "data": codec.decode(d)} for s, t, d in events]})
     return 0
 

@@ -126,17 +126,6 @@ def _workflow(row: tuple[Any, ...] | None) -> WorkflowRow | None:
 
 
 @dataclass(frozen=True)
-class WorkflowTask:
-    """A claimed workflow or timer task, with the workflow row locked."""
-
-    task_id: UUID
-    task_type: str
-    target_id: UUID | None
-    workflow: WorkflowRow
-    db_now: datetime
-
-
-@dataclass(frozen=True)
 class ActivityTask:
     """A leased activity task and what its attempt needs to run."""
 
@@ -252,79 +241,132 @@ def cancel_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, 
 # -- the worker side ----------------------------------------------------------
 
 
-def claim_workflow_task(conn: Conn, shards: list[str]) -> WorkflowTask | None:
-    """Claim one due workflow or timer task and lock its workflow row, both
-    skipping rows another transaction holds: two replays of one workflow
-    never overlap, and a claim never waits.
+class ReplayState(msgspec.Struct, frozen=True):
+    """A locked workflow and what its replay reads: ``task`` is the claimed
+    (task id, task type, target id), None when recording an activity's end."""
+
+    task: tuple[UUID, str, UUID | None] | None
+    now: datetime
+    workflow: WorkflowRow
+    events: list[tuple[int, str, msgspec.Raw]]
+    signals: list[tuple[UUID, str, msgspec.Raw]]
+
+
+_replay_state = msgspec.json.Decoder(ReplayState)
+_TIMER_FIRED = history.EVENT_NAMES[history.TimerFired]
+
+
+def _state(row: tuple[Any, ...] | None) -> ReplayState | None:
+    return None if row is None or row[0] is None else _replay_state.decode(row[0])
+
+
+def claim_workflow_task(conn: Conn, shards: list[str]) -> ReplayState | None:
+    """Claim one due workflow or timer task (deleted, its timer fired) and
+    lock its workflow row, both skipping rows another transaction holds: two
+    replays of one workflow never overlap, and a claim never waits.
 
     Shards are tried in the order given, each by its own index-ordered scan
     (oldest due first) that stops at the first free task: one query over
-    ``workflow_name = ANY(...)`` would sort every due task to return one."""
-    row = conn.execute(
-        "SELECT c.* FROM unnest(%s::text[]) AS s(shard) CROSS JOIN LATERAL ("
-        "  SELECT t.id, t.task_type, t.target_id, now(),"
-        "   w.name, w.id, w.tenant_id, w.version, w.status, w.input::text, w.output::text, w.error,"
-        "   w.sequence_num, w.waiting_for, w.created_at, w.updated_at, w.completed_at"
-        "  FROM task_queue t JOIN workflows w ON w.name = t.workflow_name AND w.id = t.workflow_id"
-        "  WHERE t.workflow_name = s.shard AND t.task_type IN ('workflow', 'timer')"
-        "  AND t.visibility_timeout <= now()"
-        "  ORDER BY t.visibility_timeout LIMIT 1"
-        "  FOR UPDATE OF t, w SKIP LOCKED) c"
-        " LIMIT 1",
-        (shards,),
-    ).fetchone()
-    if row is None:
-        return None
-    return WorkflowTask(row[0], row[1], row[2], WorkflowRow(*row[4:]), row[3])
+    ``workflow_name = ANY(...)`` would sort every due task to return one.
+    One statement (``flows_claim_workflow_task``, migration 005)."""
+    return _state(conn.execute(
+        "SELECT flows_claim_workflow_task(%s::text[], %s, %s)", (shards, uuid6.uuid7(), _TIMER_FIRED)
+    ).fetchone())
 
 
-def delete_task(conn: Conn, shard: str, task_id: UUID) -> None:
-    conn.execute("DELETE FROM task_queue WHERE workflow_name = %s AND id = %s", (shard, task_id))
+def lock_activity_step(conn: Conn, shard: str, workflow_id: UUID, task_id: UUID, owner: str) -> ReplayState | None:
+    """Lock the workflow row to record the end of an activity attempt and
+    delete our leased task. None if the lease was lost (it expired and
+    another worker took the task, or the workflow ended and dropped it)."""
+    return _state(conn.execute(
+        "SELECT flows_lock_activity_step(%s, %s, %s, %s)", (shard, workflow_id, task_id, owner)
+    ).fetchone())
 
 
-def fire_timer(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, timer_id: UUID, event_id: UUID) -> None:
-    row = conn.execute(
-        "UPDATE timers SET fired = true, fired_at = now()"
-        " WHERE workflow_name = %s AND id = %s AND NOT fired RETURNING sequence_num",
-        (shard, timer_id),
-    ).fetchone()
-    if row is not None:
-        insert_event(conn, shard, workflow_id, tenant_id, row[0], history.TimerFired(timer_id), event_id)
+def replay_state(conn: Conn, shard: str, workflow_id: UUID) -> ReplayState | None:
+    """The workflow with its history and unconsumed signals, unlocked (for inspection)."""
+    return _state(conn.execute("SELECT flows_replay_state(%s, %s, NULL)", (shard, workflow_id)).fetchone())
 
 
-def load_replay_state(
-    conn: Conn, shard: str, workflow_id: UUID
-) -> tuple[list[tuple[int, str, str]], list[tuple[UUID, str, str]]]:
-    """The workflow's events in order, and its unconsumed signals oldest
-    first, read in one statement."""
-    rows = conn.execute(
-        "(SELECT false AS signal, sequence_num, NULL::uuid AS id, event_type, event_data::text, created_at,"
-        "  id AS tiebreak FROM history_events WHERE workflow_name = %s AND workflow_id = %s)"
-        " UNION ALL"
-        " (SELECT true, NULL, id, signal_name, payload::text, created_at, id FROM signals"
-        "  WHERE workflow_name = %s AND workflow_id = %s AND NOT consumed)"
-        " ORDER BY signal, sequence_num, created_at, tiebreak",
-        (shard, workflow_id, shard, workflow_id),
-    ).fetchall()
-    events = [(seq, kind, data) for is_signal, seq, _, kind, data, _, _ in rows if not is_signal]
-    signals = [(sid, name, data) for is_signal, _, sid, name, data, _, _ in rows if is_signal]
-    return events, signals
+class ActivityEnd(msgspec.Struct, omit_defaults=True):
+    """The attempt whose end a step records: completed with ``output`` or
+    failed (no attempts left) with ``error``."""
+
+    id: UUID
+    status: str
+    attempt: int
+    output: msgspec.Raw | None = None
+    error: str | None = None
 
 
-def insert_events(
-    conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, events: list[tuple[int, msgspec.Struct]]
-) -> None:
-    """Append several events to the history in one statement."""
-    if not events:
-        return
-    conn.execute(
-        "INSERT INTO history_events (workflow_name, id, workflow_id, tenant_id, sequence_num, event_type, event_data)"
-        " SELECT %s, e.id, %s, %s, e.seq, e.kind, e.data::jsonb"
-        " FROM unnest(%s::uuid[], %s::int[], %s::text[], %s::text[]) WITH ORDINALITY AS e(id, seq, kind, data, n)"
-        " ORDER BY e.n",
-        (shard, workflow_id, tenant_id, [uuid6.uuid7() for _ in events], [seq for seq, _ in events],
-         [history.event_type(e) for _, e in events], [codec.encode(e).decode() for _, e in events]),
-    )
+class NewActivity(msgspec.Struct):
+    id: UUID
+    task_id: UUID
+    name: str
+    seq: int
+    input: msgspec.Raw
+    max_attempts: int
+    lease_seconds: float
+    lease_owner: str | None  # leased at once to this worker, which runs it next
+
+
+class NewTimer(msgspec.Struct):
+    id: UUID
+    task_id: UUID
+    seq: int
+    fire_at: datetime
+
+
+class NewEvent(msgspec.Struct):
+    id: UUID
+    seq: int
+    kind: str
+    data: Any  # a history event Struct
+
+
+class ConsumedSignal(msgspec.Struct):
+    id: UUID
+    seq: int
+
+
+class Step(msgspec.Struct, omit_defaults=True):
+    """Everything one replay of a locked workflow writes (see
+    ``flows_record_step`` in migration 005 for each field)."""
+
+    shard: str
+    workflow_id: UUID
+    tenant_id: UUID
+    status: str
+    seq: int
+    waiting_for: str | None = None
+    activity: ActivityEnd | None = None
+    activities: list[NewActivity] = []
+    signals: list[ConsumedSignal] = []
+    timers: list[NewTimer] = []
+    events: list[NewEvent] = []
+    results: dict[str, msgspec.Raw] = {}
+    output: msgspec.Raw | None = None
+    error: str | None = None
+    dlq_id: UUID | None = None
+    end_event: NewEvent | None = None
+    wake_channel: str | None = None
+    done_channel: str | None = None
+
+
+_step_encoder = msgspec.json.Encoder()
+
+
+def event(seq: int, data: msgspec.Struct) -> NewEvent:
+    """A history event with a fresh id, for ``Step.events``."""
+    return NewEvent(uuid6.uuid7(), seq, history.event_type(data), data)
+
+
+def record_step(conn: Conn, step: Step) -> None:
+    """Write a replay's decisions in one statement (``flows_record_step``):
+    the attempt that ended, new activities (those leased to a worker are not
+    due until their lease runs out), consumed signals, new timers, history,
+    and the workflow row; NOTIFY the shard when new work is due now."""
+    conn.execute("SELECT flows_record_step(%s)", (Json(_step_encoder.encode(step)),))
 
 
 def insert_event(
@@ -335,108 +377,6 @@ def insert_event(
         " VALUES (%s, %s, %s, %s, %s, %s, %s)",
         (shard, event_id, workflow_id, tenant_id, seq, history.event_type(event), Json(codec.encode(event))),
     )
-
-
-def insert_activity(
-    conn: Conn, *, shard: str, activity_id: UUID, workflow_id: UUID, tenant_id: UUID, name: str, seq: int,
-    input: bytes, max_attempts: int, lease_seconds: float, task_id: UUID, lease_owner: str | None = None,
-) -> None:
-    """Schedule an activity: its row and its task, due at once; or, with
-    ``lease_owner``, already leased to that worker (which runs it next,
-    without a round trip through the queue)."""
-    conn.execute(
-        "INSERT INTO activities"
-        " (workflow_name, id, workflow_id, tenant_id, name, sequence_num, input, max_attempts, status)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (shard, activity_id, workflow_id, tenant_id, name, seq, Json(input), max_attempts,
-         "scheduled" if lease_owner is None else "running"),
-    )
-    conn.execute(
-        "INSERT INTO task_queue"
-        " (workflow_name, id, workflow_id, tenant_id, task_type, target_id, lease_seconds, lease_owner,"
-        " deliveries, visibility_timeout)"
-        " VALUES (%s, %s, %s, %s, 'activity', %s, %s, %s, %s,"
-        " CASE WHEN %s::text IS NULL THEN now() ELSE now() + %s * interval '1 second' END)",
-        (shard, task_id, workflow_id, tenant_id, activity_id, lease_seconds, lease_owner,
-         0 if lease_owner is None else 1, lease_owner, lease_seconds),
-    )
-
-
-def consume_signal(conn: Conn, shard: str, signal_id: UUID, seq: int) -> None:
-    conn.execute(
-        "UPDATE signals SET consumed = true, consumed_seq = %s, consumed_at = now()"
-        " WHERE workflow_name = %s AND id = %s",
-        (seq, shard, signal_id),
-    )
-
-
-def insert_timer(
-    conn: Conn, *, shard: str, timer_id: UUID, workflow_id: UUID, tenant_id: UUID, seq: int, fire_at: datetime,
-    task_id: UUID,
-) -> None:
-    """A timer row and its task, due (by the database clock) at ``fire_at``."""
-    conn.execute(
-        "INSERT INTO timers (workflow_name, id, workflow_id, tenant_id, sequence_num, fire_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
-        (shard, timer_id, workflow_id, tenant_id, seq, fire_at),
-    )
-    conn.execute(
-        "INSERT INTO task_queue (workflow_name, id, workflow_id, tenant_id, task_type, target_id, visibility_timeout)"
-        " VALUES (%s, %s, %s, %s, 'timer', %s, %s)",
-        (shard, task_id, workflow_id, tenant_id, timer_id, fire_at),
-    )
-
-
-def _results(result: tuple[int, bytes] | None) -> Json:
-    """``{"<seq>": output}``, merged into ``workflows.activity_results``."""
-    return Json(b"{}" if result is None else b'{"%d":%s}' % (result[0], result[1]))
-
-
-def update_workflow_running(
-    conn: Conn, shard: str, workflow_id: UUID, seq: int, waiting_for: str | None,
-    result: tuple[int, bytes] | None = None,
-) -> None:
-    """Where a running workflow now stands; ``result`` is the (seq, output)
-    of the activity that just completed, if one did."""
-    conn.execute(
-        "UPDATE workflows SET sequence_num = GREATEST(sequence_num, %s), waiting_for = %s, updated_at = now(),"
-        " activity_results = activity_results || %s WHERE name = %s AND id = %s",
-        (seq, waiting_for, _results(result), shard, workflow_id),
-    )
-
-
-def finish_workflow(
-    conn: Conn, *, shard: str, workflow_id: UUID, tenant_id: UUID, seq: int, output: bytes | None,
-    error: str | None, event_id: UUID, dlq_id: UUID, result: tuple[int, bytes] | None = None,
-) -> None:
-    """End the workflow: completed with ``output``, or failed with ``error``
-    (then also a dead-letter row). Drops whatever work it still had queued."""
-    status = "failed" if error is not None else "completed"
-    row = conn.execute(
-        "UPDATE workflows SET status = %s, output = %s, error = %s, waiting_for = NULL,"
-        " sequence_num = GREATEST(sequence_num, %s) + 1, updated_at = now(), completed_at = now(),"
-        " activity_results = activity_results || %s WHERE name = %s AND id = %s"
-        " RETURNING sequence_num, result_waiters",
-        (status, None if output is None else Json(output), error, seq, _results(result), shard, workflow_id),
-    ).fetchone()
-    assert row is not None
-    event: msgspec.Struct
-    if error is None:
-        event = history.WorkflowCompleted(msgspec.Raw(output or b"null"))
-    else:
-        event = history.WorkflowFailed(error)
-        conn.execute(
-            "INSERT INTO dead_letter_queue (workflow_name, id, workflow_id, tenant_id, error, input, sequence_num)"
-            " SELECT name, %s, id, tenant_id, %s, input, sequence_num FROM workflows WHERE name = %s AND id = %s",
-            (dlq_id, error, shard, workflow_id),
-        )
-    conn.execute(
-        "DELETE FROM task_queue WHERE workflow_name = %s AND workflow_id = %s AND task_type <> 'workflow'",
-        (shard, workflow_id),
-    )
-    insert_event(conn, shard, workflow_id, tenant_id, row[0], event, event_id)
-    if row[1]:  # someone waits in Engine.result()
-        notify(conn, [shard], kind="flows-done")
 
 
 def claim_activity_tasks(conn: Conn, shards: list[str], owner: str, limit: int) -> list[ActivityTask]:
@@ -458,37 +398,6 @@ def claim_activity_tasks(conn: Conn, shards: list[str], owner: str, limit: int) 
         (owner, shards, limit),
     ).fetchall()
     return [ActivityTask(*row) for row in rows]
-
-
-def lock_and_take_leased_task(
-    conn: Conn, shard: str, workflow_id: UUID, task_id: UUID, owner: str
-) -> tuple[WorkflowRow, datetime] | None:
-    """Lock the workflow row for a replay and delete our leased task, in one
-    round trip. None if the lease was lost (it expired and another worker
-    took the task, or the workflow ended and dropped it)."""
-    locked = conn.execute(
-        f"SELECT {_WORKFLOW_COLUMNS}, now() FROM workflows WHERE name = %s AND id = %s FOR UPDATE",
-        (shard, workflow_id),
-    )
-    taken = conn.execute(
-        "DELETE FROM task_queue WHERE workflow_name = %s AND id = %s AND lease_owner = %s RETURNING id",
-        (shard, task_id, owner),
-    )
-    row = locked.fetchone()
-    if row is None or taken.fetchone() is None:
-        return None
-    return WorkflowRow(*row[:-1]), row[-1]
-
-
-def complete_activity(conn: Conn, *, shard: str, activity_id: UUID, output: bytes, attempt: int) -> None:
-    """Record an activity's output on its row (its history event and
-    ``workflows.activity_results`` are written with the replay that follows)."""
-    conn.execute(
-        "UPDATE activities SET status = 'completed', output = %s, attempt = %s, error = NULL,"
-        " next_retry_at = NULL, updated_at = now(), completed_at = now()"
-        " WHERE workflow_name = %s AND id = %s",
-        (Json(output), attempt, shard, activity_id),
-    )
 
 
 def retry_activity(
@@ -513,16 +422,6 @@ def retry_activity(
         event_id,
     )
     notify(conn, [shard])
-
-
-def fail_activity(conn: Conn, *, shard: str, activity_id: UUID, error: str, attempt: int) -> None:
-    """The last attempt failed (the failure goes to the workflow, with the
-    replay that follows)."""
-    conn.execute(
-        "UPDATE activities SET status = 'failed', attempt = %s, error = %s, next_retry_at = NULL,"
-        " updated_at = now(), completed_at = now() WHERE workflow_name = %s AND id = %s",
-        (attempt, error, shard, activity_id),
-    )
 
 
 def next_due(conn: Conn, shards: list[str], *, activities: bool = True) -> float | None:

@@ -344,16 +344,12 @@ class Worker:
         leased: list[store.ActivityTask] = []
         try:
             with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-                task = store.claim_workflow_task(conn, self._shards_in_turn())
-                if task is None:
+                state = store.claim_workflow_task(conn, self._shards_in_turn())
+                if state is None:
                     return False
-                wf = task.workflow
-                store.delete_task(conn, wf.name, task.task_id)
-                if wf.status != "running":
+                if state.workflow.status != "running":
                     return True
-                if task.task_type == "timer" and task.target_id is not None:
-                    store.fire_timer(conn, wf.name, wf.id, wf.tenant_id, task.target_id, uuid6.uuid7())
-                leased = self._advance(conn, wf, task.db_now, self.owner if slot else None)
+                leased = self._advance(conn, state, self.owner if slot else None)
             self._start_attempts(executor, leased)
             return True
         finally:
@@ -374,13 +370,15 @@ class Worker:
     # -- replay ---------------------------------------------------------------
 
     def _advance(
-        self, conn: Any, wf: store.WorkflowRow, db_now: datetime, lease_to: str | None,
-        result: tuple[int, bytes] | None = None, recorded: tuple[int, msgspec.Struct] | None = None,
+        self, conn: Any, state: store.ReplayState, lease_to: str | None, ended: store.ActivityEnd | None = None,
+        recorded: tuple[int, msgspec.Struct] | None = None,
     ) -> list[store.ActivityTask]:
         """Replay a locked workflow and write what the new step recorded; an
         activity it schedules is leased to ``lease_to`` (and returned) when set.
-        ``recorded`` is an event this transaction adds before the replay (an
-        activity's end): replayed from memory, written with the replay's own."""
+        ``ended`` is the activity attempt this transaction records, and
+        ``recorded`` its event: replayed from memory, written with the
+        replay's own."""
+        wf = state.workflow
         definition = self.workflows[sharding.base_name(wf.name)]
         if wf.version != definition.version:
             outcome = Outcome(
@@ -389,20 +387,25 @@ class Worker:
                 f" this worker runs version {definition.version}",
             )
         else:
-            events, signals = store.load_replay_state(conn, wf.name, wf.id)
+            events: list[tuple[int, str, bytes | str]] = list(state.events)
             if recorded is not None:
-                events.append((recorded[0], history.event_type(recorded[1]), codec.encode(recorded[1]).decode()))
+                events.append((recorded[0], history.event_type(recorded[1]), codec.encode(recorded[1])))
             outcome = replay(
                 definition, workflow_id=wf.id, workflow_name=wf.name, tenant_id=wf.tenant_id, input=wf.input,
-                events=events, signals=[PendingSignal(*s) for s in signals], db_now=db_now,
+                events=events, signals=[PendingSignal(i, n, p) for i, n, p in state.signals], db_now=state.now,
             )
-        return self._apply(conn, wf, outcome, lease_to, result, [recorded] if recorded else [])
+        step = store.Step(wf.name, wf.id, wf.tenant_id, outcome.status, outcome.last_seq, activity=ended)
+        if recorded is not None:
+            step.events.append(store.event(*recorded))
+            if ended is not None and ended.output is not None:  # workflows.activity_results
+                step.results[str(recorded[0])] = ended.output
+        return self._apply(step, outcome, lease_to, conn)
 
     def _apply(
-        self, conn: Any, wf: store.WorkflowRow, outcome: Outcome, lease_to: str | None,
-        result: tuple[int, bytes] | None, events: list[tuple[int, msgspec.Struct]],
+        self, step: store.Step, outcome: Outcome, lease_to: str | None, conn: Any
     ) -> list[store.ActivityTask]:
-        shard, wid, tenant = wf.name, wf.id, wf.tenant_id
+        """Turn a replay's commands into the step's writes, and write them."""
+        shard, wid, tenant = step.shard, step.workflow_id, step.tenant_id
         wake = False
         leased: list[store.ActivityTask] = []
         for cmd in outcome.commands:
@@ -410,12 +413,12 @@ class Worker:
                 act = cmd.activity
                 owner = lease_to if act.name in self.activities else None
                 task_id = uuid6.uuid7()
-                store.insert_activity(
-                    conn, shard=shard, activity_id=cmd.activity_id, workflow_id=wid, tenant_id=tenant,
-                    name=act.name, seq=cmd.seq, input=cmd.input, max_attempts=act.retry.max_attempts,
-                    lease_seconds=act.timeout_seconds, task_id=task_id, lease_owner=owner,
-                )
-                events.append((cmd.seq, history.ActivityScheduled(act.name, cmd.activity_id, msgspec.Raw(cmd.input))))
+                step.activities.append(store.NewActivity(
+                    cmd.activity_id, task_id, act.name, cmd.seq, msgspec.Raw(cmd.input), act.retry.max_attempts,
+                    act.timeout_seconds, owner,
+                ))
+                step.events.append(store.event(
+                    cmd.seq, history.ActivityScheduled(act.name, cmd.activity_id, msgspec.Raw(cmd.input))))
                 if owner is None:
                     wake = True
                 else:
@@ -423,29 +426,30 @@ class Worker:
                         shard, task_id, wid, tenant, cmd.activity_id, act.name, cmd.seq, cmd.input, 0))
             elif isinstance(cmd, ConsumeSignal):
                 sig = cmd.signal
-                store.consume_signal(conn, shard, sig.id, cmd.seq)
-                events.append((cmd.seq, history.SignalReceived(sig.name, sig.id, msgspec.Raw(sig.payload or "null"))))
+                step.signals.append(store.ConsumedSignal(sig.id, cmd.seq))
+                step.events.append(store.event(
+                    cmd.seq, history.SignalReceived(sig.name, sig.id, msgspec.Raw(sig.payload or b"null"))))
             elif isinstance(cmd, StartTimer):
-                store.insert_timer(
-                    conn, shard=shard, timer_id=cmd.timer_id, workflow_id=wid, tenant_id=tenant, seq=cmd.seq,
-                    fire_at=cmd.fire_at, task_id=uuid6.uuid7(),
-                )
-                events.append((cmd.seq, history.TimerStarted(cmd.timer_id, cmd.fire_at, cmd.seconds)))
+                step.timers.append(store.NewTimer(cmd.timer_id, uuid6.uuid7(), cmd.seq, cmd.fire_at))
+                step.events.append(store.event(cmd.seq, history.TimerStarted(cmd.timer_id, cmd.fire_at, cmd.seconds)))
                 wake = True
             elif isinstance(cmd, RecordEvent):
-                events.append((cmd.seq, cmd.event))
-        store.insert_events(conn, shard, wid, tenant, events)
+                step.events.append(store.event(cmd.seq, cmd.event))
         if outcome.status == "running":
-            store.update_workflow_running(conn, shard, wid, outcome.last_seq, outcome.waiting_for, result)
+            step.waiting_for = outcome.waiting_for
         else:
             if outcome.status == "failed":
                 log.warning("workflow-failed shard=%s id=%s error=%s", shard, wid, outcome.error)
-            store.finish_workflow(
-                conn, shard=shard, workflow_id=wid, tenant_id=tenant, seq=outcome.last_seq, output=outcome.output,
-                error=outcome.error, event_id=uuid6.uuid7(), dlq_id=uuid6.uuid7(), result=result,
-            )
+                step.error = outcome.error
+                step.dlq_id = uuid6.uuid7()
+                step.end_event = store.event(0, history.WorkflowFailed(outcome.error or ""))
+            else:
+                step.output = msgspec.Raw(outcome.output or b"null")
+                step.end_event = store.event(0, history.WorkflowCompleted(step.output))
+            step.done_channel = sharding.channel(shard, "flows-done")
         if wake:
-            store.notify(conn, [shard])
+            step.wake_channel = sharding.channel(shard)
+        store.record_step(conn, step)
         return leased
 
     # -- activities -------------------------------------------------------------
@@ -518,19 +522,17 @@ class Worker:
         output: bytes | None, error: str | None,
     ) -> list[store.ActivityTask]:
         shard, wid = task.shard, task.workflow_id
-        locked = store.lock_and_take_leased_task(conn, shard, wid, task.task_id, self.owner)
-        if locked is None:
+        state = store.lock_activity_step(conn, shard, wid, task.task_id, self.owner)
+        if state is None:
             log.info("activity-lease-lost name=%s id=%s", task.name, task.activity_id)
             return []
-        wf, db_now = locked
-        if wf.status != "running":
+        if state.workflow.status != "running":
             return []
         seq, name = task.sequence_num, task.name
         recorded: tuple[int, msgspec.Struct]
         if error is None:
             assert output is not None
-            store.complete_activity(conn, shard=shard, activity_id=task.activity_id, output=output,
-                                    attempt=task.attempt)
+            ended = store.ActivityEnd(task.activity_id, "completed", task.attempt, output=msgspec.Raw(output))
             recorded = (seq, history.ActivityCompleted(name, msgspec.Raw(output), task.attempt))
         else:
             retry = definition.retry if definition is not None else DEFAULT_RETRY
@@ -544,10 +546,10 @@ class Worker:
                     event_id=uuid6.uuid7(), task_id=uuid6.uuid7(),
                 )
                 return []
-            store.fail_activity(conn, shard=shard, activity_id=task.activity_id, error=error, attempt=task.attempt)
+            ended = store.ActivityEnd(task.activity_id, "failed", task.attempt, error=error)
             recorded = (seq, history.ActivityFailed(name, error, failures))
         lease_to = None if self._stopping.is_set() else self.owner
-        return self._advance(conn, wf, db_now, lease_to, None if output is None else (seq, output), recorded)
+        return self._advance(conn, state, lease_to, ended, recorded)
 
     # -- heartbeat --------------------------------------------------------------
 
