@@ -81,13 +81,19 @@ def ping(conn: Conn) -> None:
     conn.execute("SELECT 1").fetchone()
 
 
-def notify(conn: Conn, shards: Iterable[str], kind: str = "flows") -> None:
+# What a wake-up announces (the NOTIFY payload), so a worker claims only that
+# kind of task: a replay (workflow and timer tasks) or an activity; ANY_WORK
+# (the empty payload) claims both.
+REPLAY_WORK, ACTIVITY_WORK, ANY_WORK = "w", "a", ""
+
+
+def notify(conn: Conn, shards: Iterable[str], kind: str = "flows", work: str = ANY_WORK) -> None:
     """Wake the listeners of each shard when this transaction commits.
 
     PostgreSQL folds identical notifications of one transaction, and a
     transaction holding one takes a global lock at commit: send few."""
     for shard in set(shards):
-        conn.execute("SELECT pg_notify(%s, '')", (sharding.channel(shard, kind),))
+        conn.execute("SELECT pg_notify(%s, %s)", (sharding.channel(shard, kind), work))
 
 
 def listen(conn: Conn, channels: Iterable[str]) -> None:
@@ -215,7 +221,7 @@ def enqueue_workflow_task(conn: Conn, shard: str, workflow_id: UUID, tenant_id: 
         " ON CONFLICT (workflow_name, workflow_id) WHERE task_type = 'workflow' DO NOTHING",
         (shard, task_id, workflow_id, tenant_id),
     )
-    notify(conn, [shard])
+    notify(conn, [shard], work=REPLAY_WORK)
 
 
 def cancel_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, event_id: UUID) -> None:
@@ -350,6 +356,7 @@ class Step(msgspec.Struct, omit_defaults=True):
     dlq_id: UUID | None = None
     end_event: NewEvent | None = None
     wake_channel: str | None = None
+    wake_work: str = ANY_WORK  # the NOTIFY payload: which kind of task is new
     done_channel: str | None = None
 
 
@@ -421,7 +428,7 @@ def retry_activity(
         conn, shard, workflow_id, tenant_id, seq, history.ActivityRetrying(name, attempt, error, delay_seconds),
         event_id,
     )
-    notify(conn, [shard])
+    notify(conn, [shard], work=ACTIVITY_WORK)
 
 
 def next_due(conn: Conn, shards: list[str], *, activities: bool = True) -> float | None:

@@ -61,6 +61,10 @@ REPLAY_THREADS = int(os.environ.get("FLOWS_REPLAY_THREADS", "3"))
 # query each time, so keep it at ~10 s or more; supervisors take a worker
 # silent for FLOWS_STALE_SECONDS (default 30) for dead.
 HEARTBEAT_SECONDS = float(os.environ.get("FLOWS_HEARTBEAT_SECONDS", "10"))
+# Bytes on the wake pipe: why the loop should look again (any other byte, a
+# signal number or a stop, is "pipe").
+_DRY, _SLOT = b"d", b"s"
+_WAKE_REASONS = {_DRY[0]: "dry", _SLOT[0]: "slot"}
 
 
 class Worker:
@@ -205,8 +209,10 @@ class Worker:
 
     def _wait(self, timeout: float) -> set[str]:
         """Sleep until a notification, a wake-up byte or ``timeout``; say which:
-        ``notify``, ``dry`` (the replay threads ran out of work), ``pipe``
-        (a slot freed, a signal) or ``timeout``."""
+        ``notify-replay`` or ``notify-activity`` (what the notifications
+        announced), ``dry`` (the replay threads ran out of work), ``slot``
+        (an activity slot freed), ``pipe`` (anything else: a signal, a stop)
+        or ``timeout``."""
         fds = [self._wake_r]
         if self._listener is not None:
             fds.append(self._listener.fileno())
@@ -218,11 +224,9 @@ class Worker:
             return {"pipe"}
         woken_by = set() if ready else {"timeout"}
         if self._wake_r in ready:
-            woken_by.add("pipe")
             try:
                 while data := os.read(self._wake_r, 512):
-                    if b"d" in data:
-                        woken_by.add("dry")
+                    woken_by |= {_WAKE_REASONS.get(byte, "pipe") for byte in data}
             except BlockingIOError:
                 pass
         if self.watch_fd is not None and self.watch_fd in ready:
@@ -230,10 +234,12 @@ class Worker:
             self.watch_fd = None
             self.stop(graceful=True)
         if self._listener is not None and self._listener.fileno() in ready:
-            woken_by.add("notify")
             try:
-                for _ in self._listener.notifies(timeout=0):
-                    pass
+                for note in self._listener.notifies(timeout=0):
+                    if note.payload != store.ACTIVITY_WORK:
+                        woken_by.add("notify-replay")
+                    if note.payload != store.REPLAY_WORK:
+                        woken_by.add("notify-activity")
             except store.TRANSIENT_ERRORS as exc:
                 log.warning("listen-connection-lost owner=%s error=%s", self.owner, exc)
                 self._close_listener()
@@ -244,14 +250,15 @@ class Worker:
         and timer tasks on the replay threads. Return how long to sleep."""
         if woken_by == {"timeout"} and self._time_to_next_due() > 0:
             return self._deadline - time.monotonic()  # a safety poll that found nothing: one query
-        if woken_by & {"start", "notify", "timeout"}:
+        if woken_by & {"start", "notify-replay", "timeout"}:
             self._start_replayer(executor)  # first: a signal's replay is what someone waits for
-        self._claim_activities(executor)
+        if woken_by - {"notify-replay", "dry"}:  # no activity claim for replays' news: it would find none
+            self._claim_activities(executor)
         with self._in_flight_lock:
             if self._replayers:  # the last replay thread to run dry wakes the loop
                 return SAFETY_POLL_SECONDS
-        slot_freed = "pipe" in woken_by and self._deadline_ignores_activities and self._free_slots() > 0
-        if woken_by & {"start", "notify", "timeout", "dry"} or slot_freed:
+        slot_freed = "slot" in woken_by and self._deadline_ignores_activities and self._free_slots() > 0
+        if woken_by & {"start", "notify-replay", "notify-activity", "timeout", "dry"} or slot_freed:
             if self._time_to_next_due() > 0:
                 self._rechecked = False
             elif self._rechecked:  # due, yet still not ours: another worker holds it
@@ -301,7 +308,7 @@ class Worker:
                 self._replayers -= 1
                 last = self._replayers == 0
             if last:
-                self._wake(b"d")
+                self._wake(_DRY)
 
     def _free_slots(self) -> int:
         with self._in_flight_lock:
@@ -320,7 +327,7 @@ class Worker:
         with self._in_flight_lock:
             self._in_flight -= unused
         if self._deadline_ignores_activities:  # the loop slept as if no slot would free
-            self._wake()
+            self._wake(_SLOT)
 
     def _claim_activities(self, executor: ThreadPoolExecutor) -> bool:
         if not self.activities:
@@ -329,7 +336,7 @@ class Worker:
         tasks: list[store.ActivityTask] = []
         try:
             if slots:
-                with self._pool.connection() as conn, conn.transaction():
+                with self._pool.connection() as conn:  # one statement: no BEGIN and COMMIT
                     tasks = store.claim_activity_tasks(conn, self.shards, self.owner, slots)
                 self._start_attempts(executor, tasks)
         finally:
@@ -406,7 +413,7 @@ class Worker:
     ) -> list[store.ActivityTask]:
         """Turn a replay's commands into the step's writes, and write them."""
         shard, wid, tenant = step.shard, step.workflow_id, step.tenant_id
-        wake = False
+        wake: set[str] = set()  # the kinds of task this step makes due for others
         leased: list[store.ActivityTask] = []
         for cmd in outcome.commands:
             if isinstance(cmd, ScheduleActivity):
@@ -420,7 +427,7 @@ class Worker:
                 step.events.append(store.event(
                     cmd.seq, history.ActivityScheduled(act.name, cmd.activity_id, msgspec.Raw(cmd.input))))
                 if owner is None:
-                    wake = True
+                    wake.add(store.ACTIVITY_WORK)
                 else:
                     leased.append(store.ActivityTask(
                         shard, task_id, wid, tenant, cmd.activity_id, act.name, cmd.seq, cmd.input, 0))
@@ -432,7 +439,7 @@ class Worker:
             elif isinstance(cmd, StartTimer):
                 step.timers.append(store.NewTimer(cmd.timer_id, uuid6.uuid7(), cmd.seq, cmd.fire_at))
                 step.events.append(store.event(cmd.seq, history.TimerStarted(cmd.timer_id, cmd.fire_at, cmd.seconds)))
-                wake = True
+                wake.add(store.REPLAY_WORK)
             elif isinstance(cmd, RecordEvent):
                 step.events.append(store.event(cmd.seq, cmd.event))
         if outcome.status == "running":
@@ -449,6 +456,7 @@ class Worker:
             step.done_channel = sharding.channel(shard, "flows-done")
         if wake:
             step.wake_channel = sharding.channel(shard)
+            step.wake_work = wake.pop() if len(wake) == 1 else store.ANY_WORK
         store.record_step(conn, step)
         return leased
 
@@ -466,7 +474,7 @@ class Worker:
         finally:
             with self._in_flight_lock:
                 self._in_flight -= 1
-            self._wake()
+            self._wake(_SLOT)
 
     def _attempt(self, task: store.ActivityTask) -> store.ActivityTask | None:
         definition = self.activities.get(task.name)

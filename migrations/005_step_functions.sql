@@ -98,7 +98,8 @@ END $$;
 --   status        running | completed | failed; seq; waiting_for; results
 --                 ({"<seq>": output} for activity_results)
 --   output/error  and end_event {id, kind, data} when it ended
---   wake_channel  NOTIFY this channel (new due work); done_channel when it
+--   wake_channel  NOTIFY this channel (new due work), with wake_work as the
+--                 payload (which kind of task); done_channel when it
 --                 ended and an Engine.result() caller waits
 CREATE FUNCTION flows_record_step(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -173,6 +174,6 @@ BEGIN
         END IF;
     END IF;
     IF p->>'wake_channel' IS NOT NULL THEN
-        PERFORM pg_notify(p->>'wake_channel', '');
+        PERFORM pg_notify(p->>'wake_channel', coalesce(p->>'wake_work', ''));
     END IF;
 END $$;
