@@ -214,19 +214,13 @@ class Engine:
         data = codec.encode(payload)
         shard = self.shard_of(name, wid)
         signal_id = uuid6.uuid7()
-        with store.wrapped(), self.connection() as c, c.transaction():
-            found = store.workflow_tenant_and_status(c, shard, wid, tenant)
-            if found is None:
-                raise WorkflowNotFound(f"no workflow {name}/{wid}")
-            _, status, waiting_for = found
-            if status in ENDED:
-                raise WorkflowNotRunning(f"workflow {name}/{wid} is {status}; it takes no more signals")
-            store.insert_signal(
-                c, shard=shard, signal_id=signal_id, workflow_id=wid, tenant_id=tenant, name=signal_name,
-                payload=data,
-            )
-            if waiting_for == f"signal:{signal_name}":  # otherwise the next replay finds it
-                store.enqueue_workflow_task(c, shard, wid, tenant, uuid6.uuid7())
+        with store.wrapped(), self.connection() as c:
+            status = store.send_signal(c, shard=shard, workflow_id=wid, tenant_id=tenant, signal_id=signal_id,
+                                       name=signal_name, payload=data, task_id=uuid6.uuid7())
+        if status is None:
+            raise WorkflowNotFound(f"no workflow {name}/{wid}")
+        if status in ENDED:
+            raise WorkflowNotRunning(f"workflow {name}/{wid} is {status}; it takes no more signals")
         return signal_id
 
     def _row(self, name: str, wid: UUID, tenant: UUID | None) -> store.WorkflowRow:

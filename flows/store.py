@@ -203,15 +203,19 @@ def count_result_waiter(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UU
     )
 
 
-def insert_signal(
-    conn: Conn, *, shard: str, signal_id: UUID, workflow_id: UUID, tenant_id: UUID, name: str, payload: bytes
-) -> None:
-    conn.execute(
-        "INSERT INTO signals (workflow_name, id, workflow_id, tenant_id, signal_name, payload)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
-        (shard, signal_id, workflow_id, tenant_id, name, Json(payload)),
-    )
-
+def send_signal(
+    conn: Conn, *, shard: str, workflow_id: UUID, tenant_id: UUID | None, signal_id: UUID, name: str, payload: bytes,
+    task_id: UUID,
+) -> str | None:
+    """Store a signal for a workflow that has not ended and, when it waits
+    for exactly this signal, queue its replay and wake its shard; one
+    statement (``flows_send_signal``, migration 006). Returns the workflow's
+    status, None when this tenant (None = any) has no such workflow."""
+    row = conn.execute(
+        "SELECT flows_send_signal(%s, %s, %s, %s, %s, %s, %s, %s)",
+        (shard, workflow_id, tenant_id, signal_id, name, Json(payload), task_id, sharding.channel(shard)),
+    ).fetchone()
+    return None if row is None else row[0]
 
 def enqueue_workflow_task(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, task_id: UUID) -> None:
     """Ask for a replay; a no-op when one is already pending."""
