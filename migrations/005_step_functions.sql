@@ -81,7 +81,9 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    DELETE FROM task_queue WHERE workflow_name = p_shard AND id = p_task_id AND lease_owner = p_owner;
+    -- By primary key: a generic plan would otherwise walk task_queue_by_owner
+    -- through every task this owner leases (coalesce keeps that index out).
+    DELETE FROM task_queue WHERE workflow_name = p_shard AND id = p_task_id AND coalesce(lease_owner, '') = p_owner;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
@@ -106,14 +108,15 @@ DECLARE
     v_shard text := p->>'shard';
     v_wid uuid := (p->>'workflow_id')::uuid;
     v_tenant uuid := (p->>'tenant_id')::uuid;
+    v_activity_id uuid := (p->'activity'->>'id')::uuid;  -- a plain value, so the update goes by primary key
     v_seq integer;
     v_waiters integer;
 BEGIN
-    IF p->'activity' IS NOT NULL THEN
+    IF v_activity_id IS NOT NULL THEN
         UPDATE activities SET status = p->'activity'->>'status', output = p->'activity'->'output',
             error = p->'activity'->>'error', attempt = (p->'activity'->>'attempt')::integer,
             next_retry_at = NULL, updated_at = now(), completed_at = now()
-        WHERE workflow_name = v_shard AND id = (p->'activity'->>'id')::uuid;
+        WHERE workflow_name = v_shard AND id = v_activity_id AND workflow_id = v_wid;
     END IF;
     IF jsonb_array_length(p->'activities') > 0 THEN
         INSERT INTO activities
