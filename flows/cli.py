@@ -61,7 +61,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         status = engine.query(args.name, args.id, tenant_id=args.tenant)
         with engine.connection() as conn:
             state = store.replay_state(conn, status.name, status.id)
-    events = state.events if state is not None else []
+    events = (state.events if state is not None else None) or []
     _print({"workflow": status, "history": [{"seq": s, "type": t, "data": codec.decode(d)} for s, t, d in events]})
     return 0
 

@@ -145,6 +145,18 @@ class ActivityTask:
     input: str | bytes | None
     attempt: int
     lost: int = 0  # earlier deliveries of this task that never reported back
+    replayed: Replayed | None = None  # the replay that leased it, when this worker made it
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """A worker's copy of a workflow's history and signals just after a step
+    it wrote, kept with the activity that step leased to it: recording that
+    activity's end need not read them again (``lock_activity_step``)."""
+
+    sequence_num: int
+    events: list[tuple[int, str, msgspec.Raw]]
+    signals: list[tuple[UUID, str, msgspec.Raw]]
 
 
 # -- starting, signalling, reading (the client side) ------------------------
@@ -258,8 +270,8 @@ class ReplayState(msgspec.Struct, frozen=True):
     task: tuple[UUID, str, UUID | None] | None
     now: datetime
     workflow: WorkflowRow
-    events: list[tuple[int, str, msgspec.Raw]]
-    signals: list[tuple[UUID, str, msgspec.Raw]]
+    events: list[tuple[int, str, msgspec.Raw]] | None  # None: as in the worker's copy
+    signals: list[tuple[UUID, str, msgspec.Raw]] | None
 
 
 _replay_state = msgspec.json.Decoder(ReplayState)
@@ -284,13 +296,24 @@ def claim_workflow_task(conn: Conn, shards: list[str]) -> ReplayState | None:
     ).fetchone())
 
 
-def lock_activity_step(conn: Conn, shard: str, workflow_id: UUID, task_id: UUID, owner: str) -> ReplayState | None:
+def lock_activity_step(conn: Conn, task: ActivityTask, owner: str) -> ReplayState | None:
     """Lock the workflow row to record the end of an activity attempt and
     delete our leased task. None if the lease was lost (it expired and
-    another worker took the task, or the workflow ended and dropped it)."""
-    return _state(conn.execute(
-        "SELECT flows_lock_activity_step(%s, %s, %s, %s)", (shard, workflow_id, task_id, owner)
+    another worker took the task, or the workflow ended and dropped it).
+
+    When the task carries the copy of the replay state its step left
+    (``task.replayed``) and nothing was written since, the state comes back
+    with that copy's history and signals instead of reading them again."""
+    copy = task.replayed
+    state = _state(conn.execute(
+        "SELECT flows_lock_activity_step(%s, %s, %s, %s, %s, %s, %s)",
+        (task.shard, task.workflow_id, task.task_id, owner,
+         *((None, None, None) if copy is None else (copy.sequence_num, len(copy.events), len(copy.signals)))),
     ).fetchone())
+    if state is None or state.events is not None:
+        return state
+    assert copy is not None
+    return msgspec.structs.replace(state, events=copy.events, signals=copy.signals)
 
 
 def replay_state(conn: Conn, shard: str, workflow_id: UUID) -> ReplayState | None:

@@ -19,7 +19,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime
 from typing import Any, Iterable
 
 import msgspec
@@ -381,12 +380,13 @@ class Worker:
         recorded: tuple[int, msgspec.Struct] | None = None,
     ) -> list[store.ActivityTask]:
         """Replay a locked workflow and write what the new step recorded; an
-        activity it schedules is leased to ``lease_to`` (and returned) when set.
-        ``ended`` is the activity attempt this transaction records, and
-        ``recorded`` its event: replayed from memory, written with the
-        replay's own."""
+        activity it schedules is leased to ``lease_to`` (and returned, with
+        a copy of the history and signals) when set. ``ended`` is the
+        activity attempt this transaction records, and ``recorded`` its
+        event: replayed from memory, written with the replay's own."""
         wf = state.workflow
         definition = self.workflows[sharding.base_name(wf.name)]
+        events: list[tuple[int, str, msgspec.Raw | bytes]] = list(state.events or [])
         if wf.version != definition.version:
             outcome = Outcome(
                 [], "failed", wf.sequence_num,
@@ -394,24 +394,32 @@ class Worker:
                 f" this worker runs version {definition.version}",
             )
         else:
-            events: list[tuple[int, str, bytes | str]] = list(state.events)
             if recorded is not None:
                 events.append((recorded[0], history.event_type(recorded[1]), codec.encode(recorded[1])))
             outcome = replay(
                 definition, workflow_id=wf.id, workflow_name=wf.name, tenant_id=wf.tenant_id, input=wf.input,
-                events=events, signals=[PendingSignal(i, n, p) for i, n, p in state.signals], db_now=state.now,
+                events=events, signals=[PendingSignal(i, n, p) for i, n, p in state.signals or []], db_now=state.now,
             )
         step = store.Step(wf.name, wf.id, wf.tenant_id, outcome.status, outcome.last_seq, activity=ended)
         if recorded is not None:
             step.events.append(store.event(*recorded))
             if ended is not None and ended.output is not None:  # workflows.activity_results
                 step.results[str(recorded[0])] = ended.output
-        return self._apply(step, outcome, lease_to, conn)
+        leased = self._apply(step, outcome, lease_to)
+        store.record_step(conn, step)
+        if not leased or outcome.status != "running":
+            return leased
+        consumed = {c.id for c in step.signals}
+        copy = store.Replayed(
+            max(wf.sequence_num, outcome.last_seq),
+            list(state.events or []) + [(e.seq, e.kind, msgspec.Raw(codec.encode(e.data))) for e in step.events],
+            [s for s in state.signals or [] if s[0] not in consumed],
+        )
+        return [replace(task, replayed=copy) for task in leased]
 
-    def _apply(
-        self, step: store.Step, outcome: Outcome, lease_to: str | None, conn: Any
-    ) -> list[store.ActivityTask]:
-        """Turn a replay's commands into the step's writes, and write them."""
+    def _apply(self, step: store.Step, outcome: Outcome, lease_to: str | None) -> list[store.ActivityTask]:
+        """Turn a replay's commands into the step's writes; return the
+        activities leased to ``lease_to``."""
         shard, wid, tenant = step.shard, step.workflow_id, step.tenant_id
         wake: set[str] = set()  # the kinds of task this step makes due for others
         leased: list[store.ActivityTask] = []
@@ -457,7 +465,6 @@ class Worker:
         if wake:
             step.wake_channel = sharding.channel(shard)
             step.wake_work = wake.pop() if len(wake) == 1 else store.ANY_WORK
-        store.record_step(conn, step)
         return leased
 
     # -- activities -------------------------------------------------------------
@@ -525,12 +532,18 @@ class Worker:
                 time.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
+    @staticmethod
+    def _completed(task: store.ActivityTask, output: bytes) -> tuple[store.ActivityEnd, tuple[int, msgspec.Struct]]:
+        """What a completed attempt writes: its row's end, and its history event."""
+        ended = store.ActivityEnd(task.activity_id, "completed", task.attempt, output=msgspec.Raw(output))
+        return ended, (task.sequence_num, history.ActivityCompleted(task.name, msgspec.Raw(output), task.attempt))
+
     def _record_once(
         self, conn: Any, task: store.ActivityTask, definition: ActivityDefinition[Any, Any] | None,
         output: bytes | None, error: str | None,
     ) -> list[store.ActivityTask]:
         shard, wid = task.shard, task.workflow_id
-        state = store.lock_activity_step(conn, shard, wid, task.task_id, self.owner)
+        state = store.lock_activity_step(conn, task, self.owner)
         if state is None:
             log.info("activity-lease-lost name=%s id=%s", task.name, task.activity_id)
             return []
@@ -540,8 +553,7 @@ class Worker:
         recorded: tuple[int, msgspec.Struct]
         if error is None:
             assert output is not None
-            ended = store.ActivityEnd(task.activity_id, "completed", task.attempt, output=msgspec.Raw(output))
-            recorded = (seq, history.ActivityCompleted(name, msgspec.Raw(output), task.attempt))
+            ended, recorded = self._completed(task, output)
         else:
             retry = definition.retry if definition is not None else DEFAULT_RETRY
             failures = task.attempt + 1

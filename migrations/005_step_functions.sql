@@ -9,15 +9,17 @@
 --                               workflow, fire the timer; return the replay state
 --   flows_lock_activity_step    lock a workflow for recording a leased
 --                               activity's end; return the replay state
+--                               (without the history the worker still holds)
 --   flows_record_step           write what the replay decided
 --
 -- flows/store.py is still the only caller, and every statement here filters
 -- by the shard key (workflows.name, elsewhere workflow_name).
 
 -- The workflow row, the database clock, its history in order and its
--- unconsumed signals oldest first, as one JSON document.
-CREATE FUNCTION flows_replay_state(p_shard text, p_workflow_id uuid, p_task jsonb) RETURNS text
-LANGUAGE sql STABLE AS $$
+-- unconsumed signals oldest first (both NULL unless p_history), as one JSON
+-- document.
+CREATE FUNCTION flows_replay_state(p_shard text, p_workflow_id uuid, p_task jsonb, p_history boolean DEFAULT true)
+RETURNS text LANGUAGE sql STABLE AS $$
     SELECT json_build_object(
         'task', p_task,
         'now', now(),
@@ -25,12 +27,13 @@ LANGUAGE sql STABLE AS $$
             SELECT name, id, tenant_id, version, status, input::text AS input, output::text AS output, error,
                    sequence_num, waiting_for, created_at, updated_at, completed_at
             FROM workflows WHERE name = p_shard AND id = p_workflow_id) w),
-        'events', (SELECT coalesce(json_agg(json_build_array(sequence_num, event_type, event_data)
-                                            ORDER BY sequence_num, created_at, id), '[]')
-                   FROM history_events WHERE workflow_name = p_shard AND workflow_id = p_workflow_id),
-        'signals', (SELECT coalesce(json_agg(json_build_array(id, signal_name, payload)
-                                             ORDER BY created_at, id), '[]')
-                    FROM signals WHERE workflow_name = p_shard AND workflow_id = p_workflow_id AND NOT consumed)
+        'events', CASE WHEN p_history THEN (
+            SELECT coalesce(json_agg(json_build_array(sequence_num, event_type, event_data)
+                                     ORDER BY sequence_num, created_at, id), '[]')
+            FROM history_events WHERE workflow_name = p_shard AND workflow_id = p_workflow_id) END,
+        'signals', CASE WHEN p_history THEN (
+            SELECT coalesce(json_agg(json_build_array(id, signal_name, payload) ORDER BY created_at, id), '[]')
+            FROM signals WHERE workflow_name = p_shard AND workflow_id = p_workflow_id AND NOT consumed) END
     )::text
 $$;
 
@@ -74,10 +77,20 @@ END $$;
 -- Lock a workflow to record the end of an activity attempt leased to
 -- p_owner, and take (delete) that leased task. NULL when the lease was lost
 -- (it ran out and another worker took the task, or the workflow ended).
-CREATE FUNCTION flows_lock_activity_step(p_shard text, p_workflow_id uuid, p_task_id uuid, p_owner text)
-RETURNS text LANGUAGE plpgsql AS $$
+--
+-- p_sequence_num, p_events, p_signals describe the copy of the replay state
+-- the worker kept from the step that leased it the activity. When the
+-- workflow still matches it (same sequence_num, as many history events and
+-- unconsumed signals: nothing was written since), the history and signals
+-- are left out of the answer (NULL) and the worker replays from its copy.
+CREATE FUNCTION flows_lock_activity_step(
+    p_shard text, p_workflow_id uuid, p_task_id uuid, p_owner text,
+    p_sequence_num integer DEFAULT NULL, p_events integer DEFAULT NULL, p_signals integer DEFAULT NULL
+) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v_sequence_num integer;
 BEGIN
-    PERFORM FROM workflows WHERE name = p_shard AND id = p_workflow_id FOR UPDATE;
+    SELECT sequence_num INTO v_sequence_num FROM workflows WHERE name = p_shard AND id = p_workflow_id FOR UPDATE;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
@@ -87,7 +100,12 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    RETURN flows_replay_state(p_shard, p_workflow_id, NULL);
+    RETURN flows_replay_state(p_shard, p_workflow_id, NULL, (
+        v_sequence_num = p_sequence_num
+        AND (SELECT count(*) FROM history_events WHERE workflow_name = p_shard AND workflow_id = p_workflow_id)
+            = p_events
+        AND (SELECT count(*) FROM signals WHERE workflow_name = p_shard AND workflow_id = p_workflow_id
+             AND NOT consumed) = p_signals) IS NOT TRUE);
 END $$;
 
 -- Write a replay's decisions for a workflow locked by this transaction:
@@ -180,3 +198,4 @@ BEGIN
         PERFORM pg_notify(p->>'wake_channel', coalesce(p->>'wake_work', ''));
     END IF;
 END $$;
+
