@@ -349,7 +349,7 @@ class Worker:
         slot = 0 if self._stopping.is_set() else self._reserve(1)
         leased: list[store.ActivityTask] = []
         try:
-            with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+            with self._pool.connection() as conn, conn.transaction():
                 state = store.claim_workflow_task(conn, self._shards_in_turn())
                 if state is None:
                     return False
@@ -522,7 +522,7 @@ class Worker:
         delay = 0.1
         while True:
             try:
-                with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+                with self._pool.connection() as conn, conn.transaction():
                     leased = self._record_once(conn, task, definition, output, error)
                 return leased[0] if leased else None
             except store.TRANSIENT_ERRORS as exc:
