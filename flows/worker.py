@@ -64,6 +64,7 @@ HEARTBEAT_SECONDS = float(os.environ.get("FLOWS_HEARTBEAT_SECONDS", "10"))
 # signal number or a stop, is "pipe").
 _DRY, _SLOT = b"d", b"s"
 _WAKE_REASONS = {_DRY[0]: "dry", _SLOT[0]: "slot"}
+_HOST = socket.gethostname()
 
 
 class Worker:
@@ -126,7 +127,7 @@ class Worker:
     @property
     def owner(self) -> str:
         """What leases carry: the supervisor releases a dead worker's by it."""
-        return self._worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        return self._worker_id or f"{_HOST}:{os.getpid()}"
 
     # -- control ------------------------------------------------------------
 

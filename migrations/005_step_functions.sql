@@ -42,31 +42,50 @@ $$;
 -- workflow row, both skipping rows others hold, and delete the task. A timer
 -- task fires its timer (the event id and type come from the caller). NULL
 -- when nothing is due.
+--
+-- The task and its workflow are locked by two primary-key-or-index lookups
+-- rather than one join: on tables not yet analyzed the planner joined the
+-- task to every workflow of its shard (1.5 ms a claim at 2,000 due tasks).
+-- A task whose workflow is busy (an activity's end being recorded) stays
+-- locked, and so skipped by others, until this transaction ends; the next is
+-- tried, up to 8.
 CREATE FUNCTION flows_claim_workflow_task(p_shards text[], p_fired_event_id uuid, p_fired_event_type text)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     c record;
+    w record;
+    busy uuid[] := '{}';
     fired_seq integer;
 BEGIN
-    SELECT x.* INTO c FROM unnest(p_shards) AS s(shard) CROSS JOIN LATERAL (
-        SELECT t.workflow_name, t.id, t.task_type, t.target_id, t.workflow_id, w.tenant_id, w.status
-        FROM task_queue t JOIN workflows w ON w.name = t.workflow_name AND w.id = t.workflow_id
-        WHERE t.workflow_name = s.shard AND t.task_type IN ('workflow', 'timer') AND t.visibility_timeout <= now()
-        ORDER BY t.visibility_timeout LIMIT 1
-        FOR UPDATE OF t, w SKIP LOCKED) x
-    LIMIT 1;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
+    LOOP
+        SELECT x.* INTO c FROM unnest(p_shards) AS s(shard) CROSS JOIN LATERAL (
+            SELECT t.workflow_name, t.id, t.task_type, t.target_id, t.workflow_id
+            FROM task_queue t
+            WHERE t.workflow_name = s.shard AND t.task_type IN ('workflow', 'timer')
+            AND t.visibility_timeout <= now() AND t.id <> ALL (busy)
+            ORDER BY t.visibility_timeout LIMIT 1
+            FOR UPDATE SKIP LOCKED) x
+        LIMIT 1;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
+        SELECT tenant_id, status INTO w FROM workflows
+        WHERE name = c.workflow_name AND id = c.workflow_id FOR UPDATE SKIP LOCKED;
+        EXIT WHEN FOUND;
+        busy := busy || c.id;
+        IF cardinality(busy) >= 8 THEN
+            RETURN NULL;
+        END IF;
+    END LOOP;
     DELETE FROM task_queue WHERE workflow_name = c.workflow_name AND id = c.id;
-    IF c.status = 'running' AND c.task_type = 'timer' AND c.target_id IS NOT NULL THEN
+    IF w.status = 'running' AND c.task_type = 'timer' AND c.target_id IS NOT NULL THEN
         UPDATE timers SET fired = true, fired_at = now()
         WHERE workflow_name = c.workflow_name AND id = c.target_id AND NOT fired
         RETURNING sequence_num INTO fired_seq;
         IF fired_seq IS NOT NULL THEN
             INSERT INTO history_events
                 (workflow_name, id, workflow_id, tenant_id, sequence_num, event_type, event_data)
-            VALUES (c.workflow_name, p_fired_event_id, c.workflow_id, c.tenant_id, fired_seq, p_fired_event_type,
+            VALUES (c.workflow_name, p_fired_event_id, c.workflow_id, w.tenant_id, fired_seq, p_fired_event_type,
                     jsonb_build_object('timer_id', c.target_id));
         END IF;
     END IF;
