@@ -112,6 +112,11 @@ class Worker:
         self._replay_failures = 0
         self._turn = 0  # which shard a workflow-task claim tries first
         self._rechecked = False  # looked again at once for work that seemed due
+        # Unleased activity tasks may be due (a notification said so, or we
+        # cannot know): cleared when a claim leaves slots unfilled, so a slot
+        # freed after that claims nothing (the deadline still covers leases
+        # that run out, which announce nothing).
+        self._activity_news = True
         self._deadline = 0.0  # time.monotonic() of the next look at the queue
         self._deadline_ignores_activities = False  # computed while every slot was busy
         self._in_flight_lock = threading.Lock()
@@ -252,7 +257,9 @@ class Worker:
             return self._deadline - time.monotonic()  # a safety poll that found nothing: one query
         if woken_by & {"start", "notify-replay", "timeout"}:
             self._start_replayer(executor)  # first: a signal's replay is what someone waits for
-        if woken_by - {"notify-replay", "dry"}:  # no activity claim for replays' news: it would find none
+        if woken_by & {"start", "timeout", "notify-activity", "pipe"}:
+            self._activity_news = True  # activity tasks may wait unleased in the queue
+        if self._activity_news and woken_by - {"notify-replay", "dry"}:
             self._claim_activities(executor)
         with self._in_flight_lock:
             if self._replayers:  # the last replay thread to run dry wakes the loop
@@ -339,6 +346,8 @@ class Worker:
                 with self._pool.connection() as conn:  # one statement: no BEGIN and COMMIT
                     tasks = store.claim_activity_tasks(conn, self.shards, self.owner, slots)
                 self._start_attempts(executor, tasks)
+                if len(tasks) < slots:  # the queue is empty: a freed slot need not look again
+                    self._activity_news = False
         finally:
             self._release(slots - len(tasks))
         return bool(tasks)
