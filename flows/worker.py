@@ -63,7 +63,11 @@ HEARTBEAT_SECONDS = float(os.environ.get("FLOWS_HEARTBEAT_SECONDS", "10"))
 # Bytes on the wake pipe: why the loop should look again (any other byte, a
 # signal number or a stop, is "pipe").
 _DRY, _SLOT = b"d", b"s"
-_WAKE_REASONS = {_DRY[0]: "dry", _SLOT[0]: "slot"}
+_WAKE_REASONS = {
+    _DRY[0]: "dry", _SLOT[0]: "slot",
+    # Our own steps' news, in place of a NOTIFY (see Worker._alone).
+    store.REPLAY_WORK.encode()[0]: "notify-replay", store.ACTIVITY_WORK.encode()[0]: "notify-activity",
+}
 _HOST = socket.gethostname()
 
 
@@ -117,6 +121,12 @@ class Worker:
         # freed after that claims nothing (the deadline still covers leases
         # that run out, which announce nothing).
         self._activity_news = True
+        # No other registered worker serves our shards (learnt at each
+        # heartbeat): work a step of ours makes due for "others" is ours, and
+        # a byte on our wake pipe announces it instead of a NOTIFY, which
+        # costs every listening backend of the database a transaction.
+        self._alone = False
+        self._was_alone = False
         self._deadline = 0.0  # time.monotonic() of the next look at the queue
         self._deadline_ignores_activities = False  # computed while every slot was busy
         self._in_flight_lock = threading.Lock()
@@ -145,7 +155,8 @@ class Worker:
 
     def _wake(self, why: bytes = b"\0") -> None:
         try:
-            os.write(self._wake_w, why)
+            if why:
+                os.write(self._wake_w, why)
         except BlockingIOError:  # the pipe is full: a wake-up is pending anyway
             pass
 
@@ -365,7 +376,8 @@ class Worker:
                     return False
                 if state.workflow.status != "running":
                     return True
-                leased = self._advance(conn, state, self.owner if slot else None)
+                leased, news = self._advance(conn, state, self.owner if slot else None)
+            self._wake(news)
             self._start_attempts(executor, leased)
             return True
         finally:
@@ -388,12 +400,14 @@ class Worker:
     def _advance(
         self, conn: Any, state: store.ReplayState, lease_to: str | None, ended: store.ActivityEnd | None = None,
         recorded: tuple[int, msgspec.Struct] | None = None,
-    ) -> list[store.ActivityTask]:
+    ) -> tuple[list[store.ActivityTask], bytes]:
         """Replay a locked workflow and write what the new step recorded; an
         activity it schedules is leased to ``lease_to`` (and returned, with
         a copy of the history and signals) when set. ``ended`` is the
         activity attempt this transaction records, and ``recorded`` its
-        event: replayed from memory, written with the replay's own."""
+        event: replayed from memory, written with the replay's own. Also
+        returns the news for our own wake pipe once this commits (work made
+        due, when no other worker serves the shard; else a NOTIFY says it)."""
         wf = state.workflow
         definition = self.workflows[sharding.base_name(wf.name)]
         events: list[tuple[int, str, msgspec.Raw | bytes]] = list(state.events or [])
@@ -415,21 +429,23 @@ class Worker:
             step.events.append(store.event(*recorded))
             if ended is not None and ended.output is not None:  # workflows.activity_results
                 step.results[str(recorded[0])] = ended.output
-        leased = self._apply(step, outcome, lease_to)
+        leased, news = self._apply(step, outcome, lease_to)
         store.record_step(conn, step)
         if not leased or outcome.status != "running":
-            return leased
+            return leased, news
         consumed = {c.id for c in step.signals}
         copy = store.Replayed(
             max(wf.sequence_num, outcome.last_seq),
             list(state.events or []) + [(e.seq, e.kind, msgspec.Raw(codec.encode(e.data))) for e in step.events],
             [s for s in state.signals or [] if s[0] not in consumed],
         )
-        return [replace(task, replayed=copy) for task in leased]
+        return [replace(task, replayed=copy) for task in leased], news
 
-    def _apply(self, step: store.Step, outcome: Outcome, lease_to: str | None) -> list[store.ActivityTask]:
+    def _apply(
+        self, step: store.Step, outcome: Outcome, lease_to: str | None
+    ) -> tuple[list[store.ActivityTask], bytes]:
         """Turn a replay's commands into the step's writes; return the
-        activities leased to ``lease_to``."""
+        activities leased to ``lease_to`` and the news for our wake pipe."""
         shard, wid, tenant = step.shard, step.workflow_id, step.tenant_id
         wake: set[str] = set()  # the kinds of task this step makes due for others
         leased: list[store.ActivityTask] = []
@@ -472,10 +488,12 @@ class Worker:
                 step.output = msgspec.Raw(outcome.output or b"null")
                 step.end_event = store.event(0, history.WorkflowCompleted(step.output))
             step.done_channel = sharding.channel(shard, "flows-done")
+        if wake and self._alone and not self._stopping.is_set():
+            return leased, "".join(sorted(wake)).encode()
         if wake:
             step.wake_channel = sharding.channel(shard)
             step.wake_work = wake.pop() if len(wake) == 1 else store.ANY_WORK
-        return leased
+        return leased, b""
 
     # -- activities -------------------------------------------------------------
 
@@ -533,7 +551,8 @@ class Worker:
         while True:
             try:
                 with self._pool.connection() as conn, conn.transaction():
-                    leased = self._record_once(conn, task, definition, output, error)
+                    leased, news = self._record_once(conn, task, definition, output, error)
+                self._wake(news)
                 return leased[0] if leased else None
             except store.TRANSIENT_ERRORS as exc:
                 if time.monotonic() > deadline or self._immediate:
@@ -551,14 +570,14 @@ class Worker:
     def _record_once(
         self, conn: Any, task: store.ActivityTask, definition: ActivityDefinition[Any, Any] | None,
         output: bytes | None, error: str | None,
-    ) -> list[store.ActivityTask]:
+    ) -> tuple[list[store.ActivityTask], bytes]:
         shard, wid = task.shard, task.workflow_id
         state = store.lock_activity_step(conn, task, self.owner)
         if state is None:
             log.info("activity-lease-lost name=%s id=%s", task.name, task.activity_id)
-            return []
+            return [], b""
         if state.workflow.status != "running":
-            return []
+            return [], b""
         seq, name = task.sequence_num, task.name
         recorded: tuple[int, msgspec.Struct]
         if error is None:
@@ -575,7 +594,7 @@ class Worker:
                     delay_seconds=retry.delay_seconds(failures, random.random), lease_seconds=lease,
                     event_id=uuid6.uuid7(), task_id=uuid6.uuid7(),
                 )
-                return []
+                return [], b""
             ended = store.ActivityEnd(task.activity_id, "failed", task.attempt, error=error)
             recorded = (seq, history.ActivityFailed(name, error, failures))
         lease_to = None if self._stopping.is_set() else self.owner
@@ -597,12 +616,15 @@ class Worker:
         while True:
             try:
                 with self._pool.connection() as conn:
-                    if not (registered and store.beat_worker(conn, self.owner)):
-                        store.register_worker(
-                            conn, owner=self.owner, pid=os.getpid(), host=socket.gethostname(),
+                    shared = store.beat_worker(conn, self.owner) if registered else None
+                    if shared is None:
+                        shared = store.register_worker(
+                            conn, owner=self.owner, pid=os.getpid(), host=_HOST,
                             shard_group=",".join(map(str, self.shard_indices)), shards=self.shards,
                         )
                         registered = True
+                self._alone = not shared and not self._stopping.is_set()
+                self._was_alone = self._was_alone or self._alone
                 failing = False
             except Exception as exc:  # noqa: BLE001 - the loop reports the database; keep beating
                 if not failing:
@@ -640,6 +662,12 @@ class Worker:
                 log.warning("worker-released-leases owner=%s count=%s", self.owner, released)
             except Exception as exc:  # noqa: BLE001 - best effort; leases expire anyway
                 log.warning("worker-release-failed owner=%s error=%s", self.owner, exc)
+        if self._was_alone:  # work we announced only to ourselves may be unclaimed: tell who serves these shards now
+            try:
+                with self._pool.connection(timeout=5.0) as conn:
+                    store.notify(conn, self.shards)
+            except Exception as exc:  # noqa: BLE001 - best effort; a worker claims all it finds at start
+                log.warning("worker-handover-failed owner=%s error=%s", self.owner, exc)
         self._stop_heartbeat()
         self._close_listener()
         self._pool.close()

@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 import psycopg
 
-from flows import Engine, Worker, store
+import flows
+from flows import Engine, Worker, sharding, store
 from tests import fleet_app
 from tests.acceptance.fleet_harness import wait_until
 
@@ -75,3 +76,37 @@ def test_only_stale_workers_not_known_alive_are_swept(
     assert [row[0] for row in beats(db)] == ["alive-but-silent:3", "fresh:2"]
     assert leased_to(db, "stale:1") == 0
     assert store.release_stale_workers(db, 30, alive=["alive-but-silent:3"]) == []
+
+
+@flows.workflow("t-nap")
+def nap(ctx: flows.WorkflowContext, seconds: float) -> str:
+    ctx.sleep(seconds)
+    return "rested"
+
+
+def test_a_worker_alone_on_its_shards_announces_its_news_to_itself(
+    db: psycopg.Connection[Any], db_url: str, engine: Engine, start_worker: Callable[..., Worker]
+) -> None:
+    """A NOTIFY costs every listening backend a transaction: a worker that
+    no other serves its shards with wakes itself, and NOTIFYs again as soon
+    as another worker registers on them."""
+    shards = engine.shard_names("t-nap")
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        store.listen(listener, [sharding.channel(s) for s in shards])
+        worker = start_worker([nap], [], heartbeat_seconds=0.1)
+        wait_until(lambda: beats(db), what="a heartbeat row")
+
+        def payloads_of_a_nap() -> list[str]:
+            run = engine.start(nap, 0.2)
+            assert engine.result(run.workflow_name, run.workflow_id, timeout=10) == "rested"
+            return [n.payload for n in listener.notifies(timeout=0.3)]
+
+        assert payloads_of_a_nap() == [store.REPLAY_WORK]  # the start's only: the timer's stayed in the worker
+        store.register_worker(db, owner="other:1", pid=1, host="other", shard_group="0,1,2", shards=shards)
+        def last_beat() -> Any:
+            return next(b[5] for b in beats(db) if b[0] == worker.owner)
+
+        seen = last_beat()
+        wait_until(lambda: last_beat() > seen, what="a beat that sees the other worker")
+        assert payloads_of_a_nap() == [store.REPLAY_WORK] * 2  # the start's and the timer's
+        worker.stop()
