@@ -370,13 +370,13 @@ class Worker:
         slot = 0 if self._stopping.is_set() else self._reserve(1)
         leased: list[store.ActivityTask] = []
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                state = store.claim_workflow_task(conn, self._shards_in_turn())
+            with self._pool.connection() as conn, store.StepTransaction(conn) as tx:
+                state = store.claim_workflow_task(tx, self._shards_in_turn())
                 if state is None:
                     return False
                 if state.workflow.status != "running":
                     return True
-                leased, news = self._advance(conn, state, self.owner if slot else None)
+                leased, news = self._advance(tx, state, self.owner if slot else None)
             self._wake(news)
             self._start_attempts(executor, leased)
             return True
@@ -398,7 +398,8 @@ class Worker:
     # -- replay ---------------------------------------------------------------
 
     def _advance(
-        self, conn: Any, state: store.ReplayState, lease_to: str | None, ended: store.ActivityEnd | None = None,
+        self, tx: store.StepTransaction, state: store.ReplayState, lease_to: str | None,
+        ended: store.ActivityEnd | None = None,
         recorded: tuple[int, msgspec.Struct] | None = None,
     ) -> tuple[list[store.ActivityTask], bytes]:
         """Replay a locked workflow and write what the new step recorded; an
@@ -430,7 +431,7 @@ class Worker:
             if ended is not None and ended.output is not None:  # workflows.activity_results
                 step.results[str(recorded[0])] = ended.output
         leased, news = self._apply(step, outcome, lease_to)
-        store.record_step(conn, step)
+        store.record_step(tx, step)
         if not leased or outcome.status != "running":
             return leased, news
         consumed = {c.id for c in step.signals}
@@ -550,8 +551,8 @@ class Worker:
         delay = 0.1
         while True:
             try:
-                with self._pool.connection() as conn, conn.transaction():
-                    leased, news = self._record_once(conn, task, definition, output, error)
+                with self._pool.connection() as conn, store.StepTransaction(conn) as tx:
+                    leased, news = self._record_once(tx, task, definition, output, error)
                 self._wake(news)
                 return leased[0] if leased else None
             except store.TRANSIENT_ERRORS as exc:
@@ -568,11 +569,11 @@ class Worker:
         return ended, (task.sequence_num, history.ActivityCompleted(task.name, msgspec.Raw(output), task.attempt))
 
     def _record_once(
-        self, conn: Any, task: store.ActivityTask, definition: ActivityDefinition[Any, Any] | None,
+        self, tx: store.StepTransaction, task: store.ActivityTask, definition: ActivityDefinition[Any, Any] | None,
         output: bytes | None, error: str | None,
     ) -> tuple[list[store.ActivityTask], bytes]:
         shard, wid = task.shard, task.workflow_id
-        state = store.lock_activity_step(conn, task, self.owner)
+        state = store.lock_activity_step(tx, task, self.owner)
         if state is None:
             log.info("activity-lease-lost name=%s id=%s", task.name, task.activity_id)
             return [], b""
@@ -589,7 +590,7 @@ class Worker:
             if failures < retry.max_attempts:
                 lease = definition.timeout_seconds if definition is not None else 300.0
                 store.retry_activity(
-                    conn, shard=shard, workflow_id=wid, tenant_id=task.tenant_id, activity_id=task.activity_id,
+                    tx.conn, shard=shard, workflow_id=wid, tenant_id=task.tenant_id, activity_id=task.activity_id,
                     seq=seq, name=name, error=error, attempt=task.attempt,
                     delay_seconds=retry.delay_seconds(failures, random.random), lease_seconds=lease,
                     event_id=uuid6.uuid7(), task_id=uuid6.uuid7(),
@@ -598,7 +599,7 @@ class Worker:
             ended = store.ActivityEnd(task.activity_id, "failed", task.attempt, error=error)
             recorded = (seq, history.ActivityFailed(name, error, failures))
         lease_to = None if self._stopping.is_set() else self.owner
-        return self._advance(conn, state, lease_to, ended, recorded)
+        return self._advance(tx, state, lease_to, ended, recorded)
 
     # -- heartbeat --------------------------------------------------------------
 
