@@ -15,6 +15,7 @@ import random
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,10 @@ RECORD_RETRY_SECONDS = 60.0  # keep trying to record an activity result this lon
 # Threads claiming and replaying workflow and timer tasks: replays mostly wait
 # on the database, so a few overlap well even under the GIL.
 REPLAY_THREADS = int(os.environ.get("FLOWS_REPLAY_THREADS", "3"))
+# How long a busy thread may keep the GIL from one that woke (Python's
+# default is 5 ms): the loop woken by a notification or a due timer, or a
+# replay thread whose answer arrived, waits that long at worst.
+GIL_SWITCH_SECONDS = 0.0005
 # How often a worker refreshes its worker_heartbeats row (0 = never): one
 # query each time, so keep it at ~10 s or more; supervisors take a worker
 # silent for FLOWS_STALE_SECONDS (default 30) for dead.
@@ -128,6 +133,7 @@ class Worker:
         self._alone = False
         self._was_alone = False
         self._deadline = 0.0  # time.monotonic() of the next look at the queue
+        self._deadline_for_task = False  # the deadline is a task falling due, not the safety poll
         self._deadline_ignores_activities = False  # computed while every slot was busy
         self._in_flight_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
@@ -182,6 +188,7 @@ class Worker:
     def run(self) -> None:
         """Serve until ``stop()`` or SIGTERM/SIGINT (graceful) or SIGQUIT."""
         self._install_signal_handlers()
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         self._pool = store.open_pool(self.engine.dsn, min_size=1, max_size=self.concurrency + 2, name="flows-worker")
         executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="flows-activity")
         self._replay_executor = ThreadPoolExecutor(REPLAY_THREADS, thread_name_prefix="flows-replay")
@@ -264,7 +271,7 @@ class Worker:
     def _drain(self, executor: ThreadPoolExecutor, woken_by: set[str]) -> float:
         """Claim what is due: activities up to the free slots here, workflow
         and timer tasks on the replay threads. Return how long to sleep."""
-        if woken_by == {"timeout"} and self._time_to_next_due() > 0:
+        if woken_by == {"timeout"} and not self._deadline_for_task and self._time_to_next_due() > 0:
             return self._deadline - time.monotonic()  # a safety poll that found nothing: one query
         if woken_by & {"start", "notify-replay", "timeout"}:
             self._start_replayer(executor)  # first: a signal's replay is what someone waits for
@@ -293,6 +300,7 @@ class Worker:
         with self._pool.connection() as conn:
             due_in = store.next_due(conn, self.shards, activities=free)
         self._deadline_ignores_activities = not free
+        self._deadline_for_task = due_in is not None and due_in < SAFETY_POLL_SECONDS  # then claim at once
         due_in = SAFETY_POLL_SECONDS if due_in is None else min(due_in, SAFETY_POLL_SECONDS)
         self._deadline = time.monotonic() + (due_in + DUE_MARGIN_SECONDS if due_in > 0 else 0.0)
         return due_in
