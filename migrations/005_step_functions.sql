@@ -50,7 +50,7 @@ $$;
 -- locked, and so skipped by others, until this transaction ends; the next is
 -- tried, up to 8.
 CREATE FUNCTION flows_claim_workflow_task(p_shards text[], p_fired_event_id uuid, p_fired_event_type text)
-RETURNS text LANGUAGE plpgsql AS $$
+RETURNS text LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     c record;
     w record;
@@ -105,7 +105,7 @@ END $$;
 CREATE FUNCTION flows_lock_activity_step(
     p_shard text, p_workflow_id uuid, p_task_id uuid, p_owner text,
     p_sequence_num integer DEFAULT NULL, p_events integer DEFAULT NULL, p_signals integer DEFAULT NULL
-) RETURNS text LANGUAGE plpgsql AS $$
+) RETURNS text LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_sequence_num integer;
 BEGIN
@@ -140,7 +140,7 @@ END $$;
 --   wake_channel  NOTIFY this channel (new due work), with wake_work as the
 --                 payload (which kind of task); done_channel when it
 --                 ended and an Engine.result() caller waits
-CREATE FUNCTION flows_record_step(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION flows_record_step(p jsonb) RETURNS void LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_shard text := p->>'shard';
     v_wid uuid := (p->>'workflow_id')::uuid;

@@ -11,7 +11,7 @@
 CREATE FUNCTION flows_send_signal(
     p_shard text, p_workflow_id uuid, p_tenant_id uuid, p_signal_id uuid, p_signal_name text, p_payload jsonb,
     p_task_id uuid, p_channel text
-) RETURNS text LANGUAGE plpgsql AS $$
+) RETURNS text LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     w record;
 BEGIN
