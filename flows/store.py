@@ -265,9 +265,10 @@ def cancel_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, 
 
 class ReplayState(msgspec.Struct, frozen=True):
     """A locked workflow and what its replay reads: ``task`` is the claimed
-    (task id, task type, target id), None when recording an activity's end."""
+    (task id, task type, target id, whether another task is due in the
+    shards claimed from), None when recording an activity's end."""
 
-    task: tuple[UUID, str, UUID | None] | None
+    task: tuple[UUID, str, UUID | None, bool] | None
     now: datetime
     workflow: WorkflowRow
     events: list[tuple[int, str, msgspec.Raw]] | None  # None: as in the worker's copy

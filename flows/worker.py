@@ -320,10 +320,15 @@ class Worker:
 
     def _replay_until_dry(self, executor: ThreadPoolExecutor) -> None:
         try:
-            while not self._stopping.is_set() and self._run_workflow_task(executor):
+            more = True
+            while more and not self._stopping.is_set():
+                claimed, more = self._run_workflow_task(executor)
+                if not claimed:
+                    break
                 self._replay_failures = 0
                 self._rechecked = False
-                self._start_replayer(executor)
+                if more:
+                    self._start_replayer(executor)
         except Exception as exc:  # noqa: BLE001 - the database went away, or a bug: back off, then the loop retries
             self._replay_failures += 1
             level = logging.WARNING if isinstance(exc, store.TRANSIENT_ERRORS) else logging.ERROR
@@ -371,23 +376,25 @@ class Worker:
             self._release(slots - len(tasks))
         return bool(tasks)
 
-    def _run_workflow_task(self, executor: ThreadPoolExecutor) -> bool:
+    def _run_workflow_task(self, executor: ThreadPoolExecutor) -> tuple[bool, bool]:
         """Claim one workflow or timer task and replay its workflow, all in one
         transaction. With a slot free, the activity the replay schedules is
-        leased to this worker and started here at once."""
+        leased to this worker and started here at once. Returns whether a
+        task was claimed, and whether another was due when it was."""
         slot = 0 if self._stopping.is_set() else self._reserve(1)
         leased: list[store.ActivityTask] = []
         try:
             with self._pool.connection() as conn, store.StepTransaction(conn) as tx:
                 state = store.claim_workflow_task(tx, self._shards_in_turn())
                 if state is None:
-                    return False
+                    return False, False
+                more = state.task is None or state.task[3]
                 if state.workflow.status != "running":
-                    return True
+                    return True, more
                 leased, news = self._advance(tx, state, self.owner if slot else None)
             self._wake(news)
             self._start_attempts(executor, leased)
-            return True
+            return True, more
         finally:
             self._release(slot - len(leased))
 

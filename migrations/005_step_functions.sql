@@ -56,6 +56,7 @@ DECLARE
     w record;
     busy uuid[] := '{}';
     fired_seq integer;
+    more boolean;
 BEGIN
     LOOP
         SELECT x.* INTO c FROM unnest(p_shards) AS s(shard) CROSS JOIN LATERAL (
@@ -89,8 +90,15 @@ BEGIN
                     jsonb_build_object('timer_id', c.target_id));
         END IF;
     END IF;
+    -- Whether another task is due in this task's shard (held by others or
+    -- not; one index probe): the caller claims again, or starts a second
+    -- replay thread, only then. Due work in its other shards, if any, it
+    -- finds when it looks for the next due task on running dry.
+    more := EXISTS (SELECT FROM task_queue t
+        WHERE t.workflow_name = c.workflow_name AND t.task_type IN ('workflow', 'timer')
+        AND t.visibility_timeout <= now());
     RETURN flows_replay_state(c.workflow_name, c.workflow_id,
-                              jsonb_build_array(c.id, c.task_type, c.target_id));
+                              jsonb_build_array(c.id, c.task_type, c.target_id, more));
 END $$;
 
 -- Lock a workflow to record the end of an activity attempt leased to
