@@ -37,7 +37,7 @@ def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "con
 def children_of(pid: int) -> set[int]:
     try:
         return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between open and read
         return set()
 
 
@@ -45,7 +45,7 @@ def alive(pid: int) -> bool:
     """Running and not a zombie."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ProcessLookupError, IndexError):  # a process exiting as we read: ESRCH
         return False
 
 
