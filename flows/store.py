@@ -229,6 +229,7 @@ def send_signal(
     ).fetchone()
     return None if row is None else row[0]
 
+
 def enqueue_workflow_task(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, task_id: UUID) -> None:
     """Ask for a replay; a no-op when one is already pending."""
     conn.execute(
@@ -391,7 +392,7 @@ class NewEvent(msgspec.Struct):
     id: UUID
     seq: int
     kind: str
-    data: Any  # a history event Struct
+    data: msgspec.Raw  # the event Struct's JSON, encoded once: sent as is, and kept in a worker's copy
 
 
 class ConsumedSignal(msgspec.Struct):
@@ -429,7 +430,7 @@ _step_encoder = msgspec.json.Encoder()
 
 def event(seq: int, data: msgspec.Struct) -> NewEvent:
     """A history event with a fresh id, for ``Step.events``."""
-    return NewEvent(uuid6.uuid7(), seq, history.event_type(data), data)
+    return NewEvent(uuid6.uuid7(), seq, history.event_type(data), msgspec.Raw(codec.encode(data)))
 
 
 def record_step(tx: StepTransaction, step: Step) -> None:

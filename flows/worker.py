@@ -426,7 +426,11 @@ class Worker:
         due, when no other worker serves the shard; else a NOTIFY says it)."""
         wf = state.workflow
         definition = self.workflows[sharding.base_name(wf.name)]
-        events: list[tuple[int, str, msgspec.Raw | bytes]] = list(state.events or [])
+        step = store.Step(wf.name, wf.id, wf.tenant_id, "running", wf.sequence_num, activity=ended)
+        if recorded is not None:
+            step.events.append(store.event(*recorded))
+            if ended is not None and ended.output is not None:  # workflows.activity_results
+                step.results[str(recorded[0])] = ended.output
         if wf.version != definition.version:
             outcome = Outcome(
                 [], "failed", wf.sequence_num,
@@ -434,17 +438,12 @@ class Worker:
                 f" this worker runs version {definition.version}",
             )
         else:
-            if recorded is not None:
-                events.append((recorded[0], history.event_type(recorded[1]), codec.encode(recorded[1])))
+            events = list(state.events or []) + [(e.seq, e.kind, e.data) for e in step.events]
             outcome = replay(
                 definition, workflow_id=wf.id, workflow_name=wf.name, tenant_id=wf.tenant_id, input=wf.input,
                 events=events, signals=[PendingSignal(i, n, p) for i, n, p in state.signals or []], db_now=state.now,
             )
-        step = store.Step(wf.name, wf.id, wf.tenant_id, outcome.status, outcome.last_seq, activity=ended)
-        if recorded is not None:
-            step.events.append(store.event(*recorded))
-            if ended is not None and ended.output is not None:  # workflows.activity_results
-                step.results[str(recorded[0])] = ended.output
+        step.status, step.seq = outcome.status, outcome.last_seq
         leased, news = self._apply(step, outcome, lease_to)
         store.record_step(tx, step)
         if not leased or outcome.status != "running":
@@ -452,7 +451,7 @@ class Worker:
         consumed = {c.id for c in step.signals}
         copy = store.Replayed(
             max(wf.sequence_num, outcome.last_seq),
-            list(state.events or []) + [(e.seq, e.kind, msgspec.Raw(codec.encode(e.data))) for e in step.events],
+            list(state.events or []) + [(e.seq, e.kind, e.data) for e in step.events],
             [s for s in state.signals or [] if s[0] not in consumed],
         )
         return [replace(task, replayed=copy) for task in leased], news
@@ -577,12 +576,6 @@ class Worker:
                 time.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
-    @staticmethod
-    def _completed(task: store.ActivityTask, output: bytes) -> tuple[store.ActivityEnd, tuple[int, msgspec.Struct]]:
-        """What a completed attempt writes: its row's end, and its history event."""
-        ended = store.ActivityEnd(task.activity_id, "completed", task.attempt, output=msgspec.Raw(output))
-        return ended, (task.sequence_num, history.ActivityCompleted(task.name, msgspec.Raw(output), task.attempt))
-
     def _record_once(
         self, tx: store.StepTransaction, task: store.ActivityTask, definition: ActivityDefinition[Any, Any] | None,
         output: bytes | None, error: str | None,
@@ -598,7 +591,8 @@ class Worker:
         recorded: tuple[int, msgspec.Struct]
         if error is None:
             assert output is not None
-            ended, recorded = self._completed(task, output)
+            ended = store.ActivityEnd(task.activity_id, "completed", task.attempt, output=msgspec.Raw(output))
+            recorded = (seq, history.ActivityCompleted(name, msgspec.Raw(output), task.attempt))
         else:
             retry = definition.retry if definition is not None else DEFAULT_RETRY
             failures = task.attempt + 1
