@@ -560,31 +560,28 @@ def fleet_schema_ready(conn: Conn) -> bool:
     return bool(row and row[0])
 
 
-_SHARED = (
-    "EXISTS (SELECT 1 FROM worker_heartbeats o WHERE o.owner <> %s"
-    " AND o.shards && (SELECT shards FROM worker_heartbeats WHERE owner = %s))"
-)
+_SHARED = "EXISTS (SELECT 1 FROM worker_heartbeats o WHERE o.owner <> %s AND o.shards && %s::text[])"
 
 
 def register_worker(conn: Conn, *, owner: str, pid: int, host: str, shard_group: str, shards: list[str]) -> bool:
     """Announce a worker (a new process under ``owner`` starts afresh).
     Returns whether another registered worker serves one of its shards."""
-    conn.execute(
+    row = conn.execute(
         "INSERT INTO worker_heartbeats (owner, pid, host, shard_group, shards) VALUES (%s, %s, %s, %s, %s)"
         " ON CONFLICT (owner) DO UPDATE SET pid = EXCLUDED.pid, host = EXCLUDED.host,"
-        " shard_group = EXCLUDED.shard_group, shards = EXCLUDED.shards, started_at = now(), last_beat = now()",
-        (owner, pid, host, shard_group, shards),
-    )
-    row = conn.execute(f"SELECT {_SHARED}", (owner, owner)).fetchone()
+        " shard_group = EXCLUDED.shard_group, shards = EXCLUDED.shards, started_at = now(), last_beat = now()"
+        f" RETURNING {_SHARED}",
+        (owner, pid, host, shard_group, shards, owner, shards),
+    ).fetchone()
     return bool(row and row[0])
 
 
-def beat_worker(conn: Conn, owner: str) -> bool | None:
+def beat_worker(conn: Conn, owner: str, shards: list[str]) -> bool | None:
     """Refresh the worker's heartbeat and say whether another registered
-    worker serves one of its shards; None if its row is gone (a supervisor
-    took it for dead and released its leases): register again."""
+    worker serves one of ``shards`` (its own); None if its row is gone (a
+    supervisor took it for dead and released its leases): register again."""
     row = conn.execute(
-        f"UPDATE worker_heartbeats SET last_beat = now() WHERE owner = %s RETURNING {_SHARED}", (owner, owner, owner)
+        f"UPDATE worker_heartbeats SET last_beat = now() WHERE owner = %s RETURNING {_SHARED}", (owner, owner, shards)
     ).fetchone()
     return None if row is None else bool(row[0])
 

@@ -626,7 +626,7 @@ class Worker:
         while True:
             try:
                 with self._pool.connection() as conn:
-                    shared = store.beat_worker(conn, self.owner) if registered else None
+                    shared = store.beat_worker(conn, self.owner, self.shards) if registered else None
                     if shared is None:
                         shared = store.register_worker(
                             conn, owner=self.owner, pid=os.getpid(), host=_HOST,
