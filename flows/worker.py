@@ -274,7 +274,7 @@ class Worker:
         if woken_by == {"timeout"} and not self._deadline_for_task and self._time_to_next_due() > 0:
             return self._deadline - time.monotonic()  # a safety poll that found nothing: one query
         if woken_by & {"start", "notify-replay", "timeout"}:
-            self._start_replayer(executor)  # first: a signal's replay is what someone waits for
+            self._start_replayer(executor, here=True)  # first: a signal's replay is what someone waits for
         if woken_by & {"start", "timeout", "notify-activity", "pipe"}:
             self._activity_news = True  # activity tasks may wait unleased in the queue
         if self._activity_news and woken_by - {"notify-replay", "dry"}:
@@ -305,20 +305,29 @@ class Worker:
         self._deadline = time.monotonic() + (due_in + DUE_MARGIN_SECONDS if due_in > 0 else 0.0)
         return due_in
 
-    def _start_replayer(self, executor: ThreadPoolExecutor) -> None:
-        """One more replay thread, up to REPLAY_THREADS: they ramp up while
-        they find work and wind down as they run dry."""
+    def _start_replayer(self, executor: ThreadPoolExecutor, here: bool = False) -> None:
+        """One more replayer, up to REPLAY_THREADS: they ramp up while they
+        find work and wind down as they run dry. With ``here`` and none
+        running, the loop's own thread claims the first task and hands on to
+        a replay thread only if another is due: the task a wake-up announced
+        starts at once, without waking a thread and passing it the GIL."""
         with self._in_flight_lock:
             if self._replayers >= REPLAY_THREADS or self._stopping.is_set():
                 return
             self._replayers += 1
+            here = here and self._replayers == 1
+        if here:
+            self._replay_until_dry(executor, once=True)
+            return
         try:
             self._replay_executor.submit(self._replay_until_dry, executor)
         except RuntimeError:  # shut down meanwhile: we are stopping
             with self._in_flight_lock:
                 self._replayers -= 1
 
-    def _replay_until_dry(self, executor: ThreadPoolExecutor) -> None:
+    def _replay_until_dry(self, executor: ThreadPoolExecutor, once: bool = False) -> None:
+        """Claim and replay while tasks are due; with ``once`` (the loop's
+        thread) one task, leaving the rest to a replay thread."""
         try:
             more = True
             while more and not self._stopping.is_set():
@@ -329,6 +338,8 @@ class Worker:
                 self._rechecked = False
                 if more:
                     self._start_replayer(executor)
+                if once:
+                    break
         except Exception as exc:  # noqa: BLE001 - the database went away, or a bug: back off, then the loop retries
             self._replay_failures += 1
             level = logging.WARNING if isinstance(exc, store.TRANSIENT_ERRORS) else logging.ERROR
@@ -338,7 +349,7 @@ class Worker:
             with self._in_flight_lock:
                 self._replayers -= 1
                 last = self._replayers == 0
-            if last:
+            if last and not once:  # the loop looks for the next due task itself after running once
                 self._wake(_DRY)
 
     def _free_slots(self) -> int:
