@@ -511,10 +511,16 @@ def retry_activity(
 def next_due(conn: Conn, shards: list[str], *, activities: bool = True) -> float | None:
     """Seconds from now (by the database clock) until the earliest task of
     these shards is due (leaving activity tasks out unless ``activities``);
-    <= 0 when one is due already, None when none exist."""
+    <= 0 when one is due already, None when none exist.
+
+    The earliest task of each shard in index order, then the least of those:
+    ``min()`` over ``workflow_name = ANY(...)`` read every task of the shards
+    (2 ms a call with 10,000 workflows waiting on timers)."""
     row = conn.execute(
-        "SELECT extract(epoch FROM min(visibility_timeout) - clock_timestamp())"
-        " FROM task_queue WHERE workflow_name = ANY(%s::text[]) AND (%s OR task_type <> 'activity')",
+        "SELECT extract(epoch FROM min(t.due) - clock_timestamp()) FROM unnest(%s::text[]) s(shard)"
+        " CROSS JOIN LATERAL (SELECT visibility_timeout AS due FROM task_queue"
+        "   WHERE workflow_name = s.shard AND (%s OR task_type <> 'activity')"
+        "   ORDER BY visibility_timeout LIMIT 1) t",
         (_text_array(tuple(shards)), activities),
     ).fetchone()
     return None if row is None or row[0] is None else float(row[0])
