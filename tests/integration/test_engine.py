@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 import flows
-from flows import Engine
+from flows import Engine, store
 from tests import engine_app
 from tests.engine_app import Job, broken_workflow, documents, flaky_workflow, hold, sleeper, three_steps
 
@@ -266,3 +266,23 @@ def test_no_end_announcement_when_nobody_waits(engine: Engine, worker: Any, db: 
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert list(db.notifies(timeout=0.2)) == []
+
+
+def test_a_claim_says_whether_another_task_is_due_in_any_of_the_shards_it_serves(engine: Engine, db_url: str) -> None:
+    """Replay threads claim again, or another starts, only while the claim
+    says another task is due: one waiting in another of the worker's shards
+    counts, or timers falling due across shards are fired one at a time."""
+    started: list[flows.Execution] = []
+    while len({run.workflow_name_sharded for run in started}) < 2:
+        started.append(engine.start(three_steps, Job(f"j{len(started)}")))
+    shards = sorted({run.workflow_name_sharded for run in started}, key=lambda s: started[0].workflow_name_sharded != s)
+    more_flags = []
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for _ in started:
+            with store.StepTransaction(conn) as tx:
+                state = store.claim_workflow_task(tx, shards)
+            assert state is not None and state.task is not None
+            more_flags.append(state.task[3])
+        with store.StepTransaction(conn) as tx:
+            assert store.claim_workflow_task(tx, shards) is None
+    assert more_flags == [True] * (len(started) - 1) + [False]
