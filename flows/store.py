@@ -465,21 +465,10 @@ def insert_event(
 
 def claim_activity_tasks(conn: Conn, shards: list[str], owner: str, limit: int) -> list[ActivityTask]:
     """Lease up to ``limit`` due activity tasks to ``owner`` (for each task's
-    lease_seconds) and mark their activities running."""
+    lease_seconds) and mark their activities running (one statement:
+    ``flows_claim_activity_tasks``, migration 008)."""
     rows = conn.execute(
-        "WITH claimed AS ("
-        "  UPDATE task_queue t SET lease_owner = %s, deliveries = t.deliveries + 1,"
-        "    visibility_timeout = now() + t.lease_seconds * interval '1 second'"
-        "  WHERE (t.workflow_name, t.id) IN ("
-        "    SELECT workflow_name, id FROM task_queue"
-        "    WHERE workflow_name = ANY(%s::text[]) AND task_type = 'activity' AND visibility_timeout <= now()"
-        "    ORDER BY visibility_timeout LIMIT %s FOR UPDATE SKIP LOCKED)"
-        "  RETURNING t.workflow_name, t.id, t.workflow_id, t.tenant_id, t.target_id, t.deliveries)"
-        " UPDATE activities a SET status = 'running', updated_at = now()"
-        " FROM claimed c WHERE a.workflow_name = c.workflow_name AND a.id = c.target_id"
-        " RETURNING c.workflow_name, c.id, c.workflow_id, c.tenant_id, a.id, a.name, a.sequence_num,"
-        " a.input::text, a.attempt, c.deliveries - 1",
-        (owner, _text_array(tuple(shards)), limit),
+        "SELECT * FROM flows_claim_activity_tasks(%s, %s::text[], %s)", (owner, _text_array(tuple(shards)), limit),
     ).fetchall()
     return [ActivityTask(*row) for row in rows]
 
