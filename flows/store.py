@@ -582,14 +582,19 @@ def register_worker(conn: Conn, *, owner: str, pid: int, host: str, shard_group:
     return bool(row and row[0])
 
 
-def beat_worker(conn: Conn, owner: str, shards: list[str]) -> bool | None:
+def beat_worker(conn: Conn, owner: str, shards: list[str]) -> tuple[bool, bool] | None:
     """Refresh the worker's heartbeat and say whether another registered
-    worker serves one of ``shards`` (its own); None if its row is gone (a
-    supervisor took it for dead and released its leases): register again."""
+    worker serves one of ``shards`` (its own) and whether a task of them is
+    due (by the database clock: the beat is the worker's safety net for
+    notifications it missed); None if its row is gone (a supervisor took it
+    for dead and released its leases): register again."""
     row = conn.execute(
-        f"UPDATE worker_heartbeats SET last_beat = now() WHERE owner = %s RETURNING {_SHARED}", (owner, owner, shards)
+        f"UPDATE worker_heartbeats SET last_beat = now() WHERE owner = %s RETURNING {_SHARED},"
+        " EXISTS (SELECT FROM unnest(%s::text[]) s(shard) CROSS JOIN LATERAL ("
+        "  SELECT FROM task_queue WHERE workflow_name = s.shard AND visibility_timeout <= now() LIMIT 1) due)",
+        (owner, owner, shards, _text_array(tuple(shards))),
     ).fetchone()
-    return None if row is None else bool(row[0])
+    return None if row is None else (bool(row[0]), bool(row[1]))
 
 
 def unregister_worker(conn: Conn, owner: str) -> None:

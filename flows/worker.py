@@ -48,7 +48,11 @@ from flows.errors import ConfigurationError
 
 log = logging.getLogger("flows.worker")
 
+# Longest the loop sleeps without news when heartbeats are off; with them on,
+# each beat asks whether a task of ours is due and wakes the loop if so (a
+# missed notification costs at most one beat), and the loop sleeps on.
 SAFETY_POLL_SECONDS = float(os.environ.get("FLOWS_SAFETY_POLL_SECONDS", "30"))
+BEATING_POLL_SECONDS = 3600.0
 BUSY_RECHECK_SECONDS = 0.25  # due work held by another worker: look again soon
 DUE_MARGIN_SECONDS = 0.001  # wake this long after a task falls due, never just before it
 RECONNECT_MAX_SECONDS = 5.0
@@ -67,9 +71,9 @@ GIL_SWITCH_SECONDS = 0.0005
 HEARTBEAT_SECONDS = float(os.environ.get("FLOWS_HEARTBEAT_SECONDS", "10"))
 # Bytes on the wake pipe: why the loop should look again (any other byte, a
 # signal number or a stop, is "pipe").
-_DRY, _SLOT = b"d", b"s"
+_DRY, _SLOT, _DUE = b"d", b"s", b"u"
 _WAKE_REASONS = {
-    _DRY[0]: "dry", _SLOT[0]: "slot",
+    _DRY[0]: "dry", _SLOT[0]: "slot", _DUE[0]: "due",
     # Our own steps' news, in place of a NOTIFY (see Worker._alone).
     store.REPLAY_WORK.encode()[0]: "notify-replay", store.ACTIVITY_WORK.encode()[0]: "notify-activity",
 }
@@ -142,6 +146,8 @@ class Worker:
         self._pool: Any = None
         self._listener: Any = None
         self.heartbeat_seconds = heartbeat_seconds
+        self._safety_poll = SAFETY_POLL_SECONDS if heartbeat_seconds <= 0 else max(
+            SAFETY_POLL_SECONDS, BEATING_POLL_SECONDS)
         self._beat_stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
 
@@ -273,17 +279,17 @@ class Worker:
         and timer tasks on the replay threads. Return how long to sleep."""
         if woken_by == {"timeout"} and not self._deadline_for_task and self._time_to_next_due() > 0:
             return self._deadline - time.monotonic()  # a safety poll that found nothing: one query
-        if woken_by & {"start", "notify-replay", "timeout"}:
+        if woken_by & {"start", "notify-replay", "timeout", "due"}:
             self._start_replayer(executor, here=True)  # first: a signal's replay is what someone waits for
-        if woken_by & {"start", "timeout", "notify-activity", "pipe"}:
+        if woken_by & {"start", "timeout", "notify-activity", "pipe", "due"}:
             self._activity_news = True  # activity tasks may wait unleased in the queue
         if self._activity_news and woken_by - {"notify-replay", "dry"}:
             self._claim_activities(executor)
         with self._in_flight_lock:
             if self._replayers:  # the last replay thread to run dry wakes the loop
-                return SAFETY_POLL_SECONDS
+                return self._safety_poll
         slot_freed = "slot" in woken_by and self._deadline_ignores_activities and self._free_slots() > 0
-        if woken_by & {"start", "notify-replay", "notify-activity", "timeout", "dry"} or slot_freed:
+        if woken_by & {"start", "notify-replay", "notify-activity", "timeout", "dry", "due"} or slot_freed:
             if self._time_to_next_due() > 0:
                 self._rechecked = False
             elif self._rechecked:  # due, yet still not ours: another worker holds it
@@ -300,8 +306,8 @@ class Worker:
         with self._pool.connection() as conn:
             due_in = store.next_due(conn, self.shards, activities=free)
         self._deadline_ignores_activities = not free
-        self._deadline_for_task = due_in is not None and due_in < SAFETY_POLL_SECONDS  # then claim at once
-        due_in = SAFETY_POLL_SECONDS if due_in is None else min(due_in, SAFETY_POLL_SECONDS)
+        self._deadline_for_task = due_in is not None and due_in < self._safety_poll  # then claim at once
+        due_in = self._safety_poll if due_in is None else min(due_in, self._safety_poll)
         self._deadline = time.monotonic() + (due_in + DUE_MARGIN_SECONDS if due_in > 0 else 0.0)
         return due_in
 
@@ -637,13 +643,17 @@ class Worker:
         while True:
             try:
                 with self._pool.connection() as conn:
-                    shared = store.beat_worker(conn, self.owner, self.shards) if registered else None
-                    if shared is None:
+                    beat = store.beat_worker(conn, self.owner, self.shards) if registered else None
+                    if beat is None:
                         shared = store.register_worker(
                             conn, owner=self.owner, pid=os.getpid(), host=_HOST,
                             shard_group=",".join(map(str, self.shard_indices)), shards=self.shards,
                         )
                         registered = True
+                    else:
+                        shared, due = beat
+                        if due:  # a notification may have been missed: the loop looks now
+                            self._wake(_DUE)
                 self._alone = not shared and not self._stopping.is_set()
                 self._was_alone = self._was_alone or self._alone
                 failing = False

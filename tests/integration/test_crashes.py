@@ -100,9 +100,10 @@ def test_a_worker_rides_out_a_database_restart(
     data, url = private_server
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(engine_app.LEDGER_SQL)
-    # With the safety poll at two minutes, only LISTEN (re-established
-    # after the restart) can wake the worker in time.
-    worker = spawn_worker(url, FLOWS_SAFETY_POLL_SECONDS="120")
+    # With the safety poll at two minutes and no heartbeat (whose beat looks
+    # for due work), only LISTEN (re-established after the restart) can wake
+    # the worker in time.
+    worker = spawn_worker(url, FLOWS_SAFETY_POLL_SECONDS="120", FLOWS_HEARTBEAT_SECONDS="0")
     with Engine(url) as engine:
         runs = [engine.start(documents, ["a", "b"]) for _ in range(5)]
         wait_until(lambda: all(engine.query(r.workflow_name, r.workflow_id).waiting_for == "signal:doc-a"

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any, Callable
 
 import psycopg
 
 import flows
 from flows import Engine, Worker, sharding, store
-from tests import fleet_app
+from tests import engine_app, fleet_app
 from tests.acceptance.fleet_harness import wait_until
 
 
@@ -110,3 +111,18 @@ def test_a_worker_alone_on_its_shards_announces_its_news_to_itself(
         wait_until(lambda: last_beat() > seen, what="a beat that sees the other worker")
         assert payloads_of_a_nap() == [store.REPLAY_WORK] * 2  # the start's and the timer's
         worker.stop()
+
+
+def test_work_that_falls_due_unannounced_is_taken_at_the_next_beat(
+    db: psycopg.Connection[Any], engine: Engine, start_worker: Callable[..., Worker]
+) -> None:
+    """A missed notification costs at most one heartbeat: each beat asks
+    whether a task of the worker's shards is due, and with heartbeats on the
+    loop's own safety poll is an hour away."""
+    start_worker([engine_app.sleeper], [], heartbeat_seconds=0.2)
+    run = engine.start(engine_app.sleeper, 3600.0)
+    wait_until(lambda: db.execute(
+        "SELECT 1 FROM timers WHERE workflow_id = %s", (run.workflow_id,)).fetchone(), what="the timer")
+    time.sleep(0.3)  # the worker has looked up its next due task: an hour away
+    db.execute("UPDATE task_queue SET visibility_timeout = now() WHERE workflow_id = %s", (run.workflow_id,))  # no NOTIFY
+    assert isinstance(engine.result(run.workflow_name, run.workflow_id, timeout=10), str)
