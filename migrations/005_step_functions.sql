@@ -90,13 +90,16 @@ BEGIN
                     jsonb_build_object('timer_id', c.target_id));
         END IF;
     END IF;
-    -- Whether another task is due in this task's shard (held by others or
-    -- not; one index probe): the caller claims again, or starts a second
-    -- replay thread, only then. Due work in its other shards, if any, it
-    -- finds when it looks for the next due task on running dry.
-    more := EXISTS (SELECT FROM task_queue t
-        WHERE t.workflow_name = c.workflow_name AND t.task_type IN ('workflow', 'timer')
-        AND t.visibility_timeout <= now());
+    -- Whether another task is due in any of the caller's shards (held by
+    -- others or not; one index probe a shard, up to the first found): the
+    -- caller claims again, or starts another replay thread, only then. Not
+    -- only this task's shard: timers falling due one after another across a
+    -- worker's shards (500 started at once: one every 2 ms a worker, every
+    -- 6 ms a shard) were otherwise fired one at a time, 30-40 ms behind.
+    more := EXISTS (SELECT FROM unnest(p_shards) AS s(shard) CROSS JOIN LATERAL (
+        SELECT FROM task_queue t
+        WHERE t.workflow_name = s.shard AND t.task_type IN ('workflow', 'timer')
+        AND t.visibility_timeout <= now() LIMIT 1) due);
     RETURN flows_replay_state(c.workflow_name, c.workflow_id,
                               jsonb_build_array(c.id, c.task_type, c.target_id, more));
 END $$;
