@@ -497,20 +497,25 @@ def retry_activity(
     notify(conn, [shard], work=ACTIVITY_WORK)
 
 
+# When the earliest task of some shards falls due (NULL: none; parameters:
+# the shards as text[], whether activity tasks count). The earliest of each
+# shard in index order, then the least of those: min() over
+# workflow_name = ANY(...) read every task of the shards (2 ms a call with
+# 10,000 workflows waiting on timers).
+_EARLIEST_DUE = (
+    "(SELECT min(t.due) FROM unnest(%s::text[]) s(shard) CROSS JOIN LATERAL ("
+    "  SELECT visibility_timeout AS due FROM task_queue"
+    "  WHERE workflow_name = s.shard AND (%s OR task_type <> 'activity')"
+    "  ORDER BY visibility_timeout LIMIT 1) t)"
+)
+
+
 def next_due(conn: Conn, shards: list[str], *, activities: bool = True) -> float | None:
     """Seconds from now (by the database clock) until the earliest task of
     these shards is due (leaving activity tasks out unless ``activities``);
-    <= 0 when one is due already, None when none exist.
-
-    The earliest task of each shard in index order, then the least of those:
-    ``min()`` over ``workflow_name = ANY(...)`` read every task of the shards
-    (2 ms a call with 10,000 workflows waiting on timers)."""
+    <= 0 when one is due already, None when none exist."""
     row = conn.execute(
-        "SELECT extract(epoch FROM min(t.due) - clock_timestamp()) FROM unnest(%s::text[]) s(shard)"
-        " CROSS JOIN LATERAL (SELECT visibility_timeout AS due FROM task_queue"
-        "   WHERE workflow_name = s.shard AND (%s OR task_type <> 'activity')"
-        "   ORDER BY visibility_timeout LIMIT 1) t",
-        (_text_array(tuple(shards)), activities),
+        f"SELECT extract(epoch FROM {_EARLIEST_DUE} - clock_timestamp())", (_text_array(tuple(shards)), activities),
     ).fetchone()
     return None if row is None or row[0] is None else float(row[0])
 
@@ -589,10 +594,9 @@ def beat_worker(conn: Conn, owner: str, shards: list[str]) -> tuple[bool, bool] 
     notifications it missed); None if its row is gone (a supervisor took it
     for dead and released its leases): register again."""
     row = conn.execute(
-        f"UPDATE worker_heartbeats SET last_beat = now() WHERE owner = %s RETURNING {_SHARED},"
-        " EXISTS (SELECT FROM unnest(%s::text[]) s(shard) CROSS JOIN LATERAL ("
-        "  SELECT FROM task_queue WHERE workflow_name = s.shard AND visibility_timeout <= now() LIMIT 1) due)",
-        (owner, owner, shards, _text_array(tuple(shards))),
+        f"UPDATE worker_heartbeats SET last_beat = now() WHERE owner = %s"
+        f" RETURNING {_SHARED}, {_EARLIEST_DUE} <= clock_timestamp()",
+        (owner, owner, shards, _text_array(tuple(shards)), True),
     ).fetchone()
     return None if row is None else (bool(row[0]), bool(row[1]))
 
