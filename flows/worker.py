@@ -448,6 +448,10 @@ class Worker:
             step.events.append(store.event(*recorded))
             if ended is not None and ended.output is not None:  # workflows.activity_results
                 step.results[str(recorded[0])] = ended.output
+        # What the replay reads, the stored history and the event recorded
+        # here; with the step's new events after it, the worker's copy.
+        events = list(state.events or []) + [(e.seq, e.kind, e.data) for e in step.events]
+        recorded_events = len(step.events)
         if wf.version != definition.version:
             outcome = Outcome(
                 [], "failed", wf.sequence_num,
@@ -455,7 +459,6 @@ class Worker:
                 f" this worker runs version {definition.version}",
             )
         else:
-            events = list(state.events or []) + [(e.seq, e.kind, e.data) for e in step.events]
             outcome = replay(
                 definition, workflow_id=wf.id, workflow_name=wf.name, tenant_id=wf.tenant_id, input=wf.input,
                 events=events, signals=[PendingSignal(i, n, p) for i, n, p in state.signals or []], db_now=state.now,
@@ -468,7 +471,7 @@ class Worker:
         consumed = {c.id for c in step.signals}
         copy = store.Replayed(
             max(wf.sequence_num, outcome.last_seq),
-            list(state.events or []) + [(e.seq, e.kind, e.data) for e in step.events],
+            events + [(e.seq, e.kind, e.data) for e in step.events[recorded_events:]],
             [s for s in state.signals or [] if s[0] not in consumed],
         )
         return [replace(task, replayed=copy) for task in leased], news
