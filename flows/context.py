@@ -131,7 +131,7 @@ class WorkflowContext:
             raise InvalidInput(f"ctx.activity() takes an @flows.activity, not {act!r}")
         step = self._next("activity", act.name)
         if step is None:
-            data = codec.encode(inp)
+            data = codec.encode(inp, f"input of activity {act.name}")
             self.commands.append(ScheduleActivity(self._seq, act, uuid6.uuid7(), data))
             raise self._suspend(f"activity:{act.name}")
         if not step.done:
@@ -249,9 +249,9 @@ def replay(
                 )
                 return Outcome(ctx.commands, "failed", ctx._seq, error=_describe(error))
             try:
-                output = codec.encode(result)
+                output = codec.encode(result, "workflow output")
             except InvalidInput as exc:
-                return Outcome(ctx.commands, "failed", ctx._seq, error=f"workflow output: {exc}")
+                return Outcome(ctx.commands, "failed", ctx._seq, error=_describe(exc))
             return Outcome(ctx.commands, "completed", ctx._seq, output=output)
     if ctx._diverged is not None:  # even if the workflow caught it
         return Outcome([], "failed", ctx._seq, error=_describe(ctx._diverged))

@@ -175,7 +175,7 @@ class Engine:
         that exists returns that execution (``created=False``)."""
         if not isinstance(workflow, WorkflowDefinition):
             raise InvalidInput(f"start() takes a @flows.workflow, not {workflow!r}")
-        data = codec.encode(inp)
+        data = codec.encode(inp, "input")
         codec.decode(data, workflow.input_type)  # refuse input the workflow could not read
         wid = uuid6.uuid7() if workflow_id is None else parse_uuid(workflow_id)
         tenant = _tenant(tenant_id)
@@ -211,7 +211,7 @@ class Engine:
         tenant = _tenant(tenant_id)
         if not isinstance(signal_name, str) or not signal_name or len(signal_name) > 200:
             raise InvalidInput(f"signal_name must be a non-empty string of <= 200 chars, got {signal_name!r}")
-        data = codec.encode(payload)
+        data = codec.encode(payload, "payload")
         shard = self.shard_of(name, wid)
         signal_id = uuid6.uuid7()
         with store.wrapped(), self.connection() as c:

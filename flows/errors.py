@@ -16,7 +16,13 @@ class ConfigurationError(FlowsError):
 
 
 class InvalidInput(FlowsError):
-    """An argument cannot be used: not JSON-serialisable, wrong type, bad id."""
+    """An argument cannot be used: not JSON-serialisable, wrong type, bad id.
+
+    ``path`` names the value at fault when known (``input.applicant_name``)."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class WorkflowNotFound(FlowsError):

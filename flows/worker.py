@@ -567,7 +567,7 @@ class Worker:
             if definition is None:
                 raise ConfigurationError(f"activity {task.name!r} is not registered in this worker")
             result = definition.fn(ctx, codec.decode(task.input, definition.input_type))
-            output = codec.encode(result)
+            output = codec.encode(result, "activity result")
         except Exception as exc:  # noqa: BLE001 - an activity may raise anything
             error = f"{type(exc).__name__}: {exc}"
             log.info("activity-attempt-failed name=%s id=%s attempt=%s error=%s", task.name, task.activity_id,
