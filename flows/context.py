@@ -7,9 +7,10 @@ calls ``replay``, and writes the commands it returns in its transaction.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -17,7 +18,7 @@ import uuid6
 
 from flows import codec, history
 from flows.definitions import ActivityDefinition, WorkflowDefinition
-from flows.errors import ActivityFailed, InvalidInput, NonDeterminismError, Suspend
+from flows.errors import ActivityCancelled, ActivityFailed, InvalidInput, NonDeterminismError, ReplayOverBudget, Suspend
 
 T = TypeVar("T")
 MAX_RANDOM_BYTES = 1024
@@ -77,8 +78,11 @@ class Outcome:
 class ActivityContext:
     """What an activity attempt knows about itself.
 
-    ``idempotency_key`` is the same for every attempt of one step: pass it to
-    external services so a retried call has its effect once."""
+    ``attempt`` counts from 1 (the first attempt). ``idempotency_key`` is
+    the same for every attempt of one step: pass it to external services so
+    a retried call has its effect once. ``last_heartbeat`` holds the details
+    of the last ``heartbeat()`` of an earlier attempt (None if none), so a
+    retry can resume where that one stopped."""
 
     workflow_id: UUID
     workflow_name: str
@@ -87,10 +91,33 @@ class ActivityContext:
     activity_name: str
     sequence_num: int
     attempt: int
+    last_heartbeat: Any = None
+    _beat: Callable[[Any], bool] | None = field(default=None, repr=False)
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def idempotency_key(self) -> str:
         return f"{self.workflow_id}:{self.sequence_num}"
+
+    @property
+    def is_cancelled(self) -> bool:
+        """True once this attempt's result can no longer be recorded: it ran
+        past its timeout, or its workflow ended, or another worker took it."""
+        return self._cancelled.is_set()
+
+    def heartbeat(self, details: Any = None) -> None:
+        """Say the attempt is alive, with ``details`` (any JSON value) for the
+        next attempt should this one fail. With ``heartbeat_timeout`` set on
+        the activity, an attempt that stops beating for that long is taken
+        for lost and retried. Raises ``ActivityCancelled`` once the attempt
+        is cancelled (see ``is_cancelled``): stop and let it propagate.
+        Cheap to call often: beats reach the database at most a few times
+        per heartbeat timeout."""
+        if self._cancelled.is_set():
+            raise ActivityCancelled(f"activity {self.activity_name} attempt {self.attempt} was cancelled")
+        if self._beat is not None and not self._beat(details):
+            self._cancelled.set()
+            raise ActivityCancelled(f"activity {self.activity_name} attempt {self.attempt} was cancelled")
 
 
 @dataclass
@@ -103,6 +130,8 @@ class WorkflowContext:
     _steps: dict[int, history.Step]
     _signals: dict[str, list[PendingSignal]]
     _db_now: datetime
+    _patches: set[str] = field(default_factory=set)
+    _last_step: int = 0  # the last step the history records
     commands: list[Command] = field(default_factory=list)
     _seq: int = 0
     _suspended: Suspend | None = None
@@ -201,6 +230,26 @@ class WorkflowContext:
         self._record(history.UuidGenerated(value))
         return value
 
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the code path of patch ``patch_id``.
+
+        True for a run that reaches this point for the first time (recorded
+        in its history), and on every later replay of it; False for a run
+        recorded past this point before the patch existed, which must keep
+        replaying the old path. So ``if ctx.patched("send-sms"): new() else:
+        old()`` changes code under running workflows without a new version.
+        Once no run from before the patch is in flight, retire it: keep only
+        the new path and delete the call (the recorded markers are ignored)."""
+        if not isinstance(patch_id, str) or not patch_id or len(patch_id) > 200:
+            raise InvalidInput(f"patch_id must be a non-empty string of <= 200 chars, got {patch_id!r}")
+        if patch_id in self._patches:
+            return True
+        if self._seq < self._last_step:  # replaying steps recorded without the patch
+            return False
+        self._patches.add(patch_id)
+        self.commands.append(RecordEvent(self._seq, history.Patched(patch_id)))
+        return True
+
     def _record(self, event: msgspec.Struct) -> None:
         self.commands.append(RecordEvent(self._seq, event))
 
@@ -226,17 +275,19 @@ def replay(
     for signal in signals:
         pending.setdefault(signal.name, []).append(signal)
     try:
-        steps = history.fold_steps(events)
+        folded = history.fold_steps(events)
     except Exception as exc:  # a row this code cannot read: fail loudly, not forever
         return Outcome([], "failed", 0, error=f"unreadable history: {_describe(exc)}")
-    ctx = WorkflowContext(workflow_id, workflow_name, tenant_id, steps, pending, db_now)
+    steps = folded.steps
+    ctx = WorkflowContext(workflow_id, workflow_name, tenant_id, steps, pending, db_now, set(folded.patches),
+                          max(steps, default=0))
     try:
         inp = codec.decode(input, definition.input_type)
         result = definition.fn(ctx, inp)
     except Suspend:
         pass
     except BaseException as exc:  # noqa: BLE001 - workflow code may raise anything
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, ReplayOverBudget)):
             raise
         if ctx._diverged is None and ctx._suspended is None:
             return Outcome(ctx.commands, "failed", ctx._seq, error=_describe(exc))

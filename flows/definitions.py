@@ -68,6 +68,7 @@ class ActivityDefinition(Generic[In, Out]):
     timeout_seconds: float = DEFAULT_ACTIVITY_TIMEOUT_SECONDS
     input_type: Any = field(default=Any)
     output_type: Any = field(default=Any)
+    heartbeat_timeout_seconds: float | None = None
 
     def __call__(self, ctx: Any, inp: In) -> Out:
         return self.fn(ctx, inp)
@@ -85,7 +86,9 @@ class WorkflowDefinition(Generic[In, Out]):
         return self.fn(ctx, inp)
 
 
-_workflows: dict[str, WorkflowDefinition[Any, Any]] = {}
+# Workflows by (name, version): a process may hold several versions of one
+# workflow, to finish the runs an older version started.
+_workflows: dict[tuple[str, int], WorkflowDefinition[Any, Any]] = {}
 _activities: dict[str, ActivityDefinition[Any, Any]] = {}
 
 
@@ -94,11 +97,18 @@ def _check_name(name: str) -> None:
         raise ConfigurationError(f"invalid name {name!r}: non-empty, <= 100 chars, no '-shard-'")
 
 
-def _register(table: dict[str, Any], kind: str, definition: Any) -> None:
-    old = table.get(definition.name)
+def _check_plain_function(kind: str, fn: Callable[..., Any]) -> None:
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        raise ConfigurationError(
+            f"{kind} {fn.__qualname__} must be a plain function: async and generator functions are not supported"
+        )
+
+
+def _register(table: dict[Any, Any], key: Any, kind: str, definition: Any) -> None:
+    old = table.get(key)
     if old is not None and old.fn.__qualname__ != definition.fn.__qualname__:
-        raise ConfigurationError(f"{kind} {definition.name!r} is already defined by {old.fn.__qualname__}")
-    table[definition.name] = definition
+        raise ConfigurationError(f"{kind} {key!r} is already defined by {old.fn.__qualname__}")
+    table[key] = definition
 
 
 def activity(
@@ -106,19 +116,33 @@ def activity(
     *,
     retry: RetryPolicy = DEFAULT_RETRY,
     timeout: float = DEFAULT_ACTIVITY_TIMEOUT_SECONDS,
+    heartbeat_timeout: float | None = None,
 ) -> Callable[[Callable[[Any, In], Out]], ActivityDefinition[In, Out]]:
     """Declare ``fn(ctx: ActivityContext, inp) -> out`` as an activity.
 
-    ``timeout`` is the lease in seconds: an attempt still running after it is
-    presumed lost and run again elsewhere (activities are at-least-once)."""
+    ``timeout`` bounds one attempt from start to close, in seconds: an
+    attempt still running after it counts as failed ("timed out"), is retried
+    per ``retry``, and whatever it returns later is discarded. With
+    ``heartbeat_timeout``, an attempt must also call ``ctx.heartbeat()`` at
+    least that often, or it is taken for lost and retried; long activities
+    beat instead of taking a huge timeout. Activities run at least once:
+    pass ``ctx.idempotency_key`` to the services they call."""
     _check_name(name)
-    if timeout <= 0:
-        raise ConfigurationError("activity timeout must be > 0")
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+        raise ConfigurationError(f"activity timeout must be a number of seconds > 0, got {timeout!r}")
+    if heartbeat_timeout is not None and (
+        not isinstance(heartbeat_timeout, (int, float)) or isinstance(heartbeat_timeout, bool)
+        or not heartbeat_timeout > 0
+    ):
+        raise ConfigurationError(f"heartbeat_timeout must be a number of seconds > 0, got {heartbeat_timeout!r}")
 
     def wrap(fn: Callable[[Any, In], Out]) -> ActivityDefinition[In, Out]:
+        _check_plain_function("activity", fn)
         inp, out = _io_types(fn)
-        definition = ActivityDefinition(name, fn, retry, float(timeout), inp, out)
-        _register(_activities, "activity", definition)
+        definition = ActivityDefinition(
+            name, fn, retry, float(timeout), inp, out, None if heartbeat_timeout is None else float(heartbeat_timeout)
+        )
+        _register(_activities, name, "activity", definition)
         return definition
 
     return wrap
@@ -128,16 +152,34 @@ def workflow(name: str, *, version: int = 1) -> Callable[[Callable[[Any, In], Ou
     """Declare ``fn(ctx: WorkflowContext, inp) -> out`` as a workflow.
 
     The function is replayed from the top each time the workflow wakes: it
-    must reach the same decisions from the same history, and do no I/O."""
+    must reach the same decisions from the same history, and do no I/O.
+
+    ``version`` names the code a run was started with: a run is only ever
+    replayed by a worker holding that version of the workflow. Define each
+    version you still have runs of (``@workflow("order", version=1)`` and
+    ``version=2`` on two functions) and hand all of them to the workers; new
+    runs start with the one you pass to ``Engine.start``. For small changes
+    under running workflows, ``ctx.patched()`` avoids a new version."""
     _check_name(name)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= 2**31 - 1:
+        raise ConfigurationError(f"workflow version must be a positive integer, got {version!r}")
 
     def wrap(fn: Callable[[Any, In], Out]) -> WorkflowDefinition[In, Out]:
+        _check_plain_function("workflow", fn)
         inp, out = _io_types(fn)
         definition = WorkflowDefinition(name, fn, version, inp, out)
-        _register(_workflows, "workflow", definition)
+        _register(_workflows, (name, version), "workflow", definition)
         return definition
 
     return wrap
+
+
+def find_workflow(name: str, version: int | None = None) -> WorkflowDefinition[Any, Any] | None:
+    """The registered workflow ``name`` at ``version`` (None: the highest)."""
+    if version is not None:
+        return _workflows.get((name, version))
+    found = [d for (n, _), d in _workflows.items() if n == name]
+    return max(found, key=lambda d: d.version) if found else None
 
 
 def registered_workflows() -> list[WorkflowDefinition[Any, Any]]:

@@ -21,7 +21,7 @@ import msgspec
 import uuid6
 
 from flows import codec, sharding, store
-from flows.definitions import WorkflowDefinition, _workflows
+from flows.definitions import WorkflowDefinition, find_workflow
 from flows.errors import (
     ConfigurationError,
     DatabaseError,
@@ -236,7 +236,7 @@ class Engine:
         return self._status(name, self._row(name, parse_uuid(workflow_id), _tenant(tenant_id)))
 
     def _status(self, name: str, row: store.WorkflowRow) -> WorkflowStatus:
-        definition = _workflows.get(name)
+        definition = find_workflow(name, row.version)
 
         def typed(data: str | None, target: Any) -> Any:
             try:

@@ -57,6 +57,12 @@ class ActivityFailed(FlowsError):
         self.attempts = attempts
 
 
+class ActivityCancelled(FlowsError):
+    """Raised by ``ActivityContext.heartbeat()`` once the attempt's result can
+    no longer be recorded (it timed out, its workflow ended, or its lease was
+    taken): the activity should stop."""
+
+
 class DatabaseError(FlowsError):
     """The database refused or lost a statement (wraps psycopg.Error)."""
 
@@ -67,3 +73,8 @@ class Suspend(BaseException):
     def __init__(self, waiting_for: str) -> None:
         super().__init__(waiting_for)
         self.waiting_for = waiting_for
+
+
+class ReplayOverBudget(BaseException):
+    """Internal: a replay ran past its time budget and is abandoned (raised
+    into the replaying thread, so workflow code cannot swallow it)."""

@@ -25,22 +25,29 @@ class ActivityScheduled(msgspec.Struct, frozen=True):
 
 
 class ActivityRetrying(msgspec.Struct, frozen=True):
+    """A failed attempt with attempts left. ``attempt`` counts from 0 (the
+    number of attempts that failed before it); ``duration_seconds`` is how
+    long it ran, as its worker measured (None: it never reported back)."""
+
     name: str
     attempt: int
     error: str
     retry_in_seconds: float
+    duration_seconds: float | None = None
 
 
 class ActivityCompleted(msgspec.Struct, frozen=True):
     name: str
     output: msgspec.Raw = msgspec.Raw(b"null")
     attempt: int = 0
+    duration_seconds: float | None = None
 
 
 class ActivityFailed(msgspec.Struct, frozen=True):
     name: str
     error: str
     attempts: int = 1
+    duration_seconds: float | None = None
 
 
 class SignalReceived(msgspec.Struct, frozen=True):
@@ -84,6 +91,13 @@ class WorkflowCancelled(msgspec.Struct, frozen=True):
     reason: str = "cancelled"
 
 
+class Patched(msgspec.Struct, frozen=True):
+    """``ctx.patched(patch_id)`` took the new code path in this run. Not a
+    step: code that no longer asks about the patch replays past it."""
+
+    patch_id: str
+
+
 EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "workflow_started": WorkflowStarted,
     "activity_scheduled": ActivityScheduled,
@@ -99,6 +113,7 @@ EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "workflow_completed": WorkflowCompleted,
     "workflow_failed": WorkflowFailed,
     "workflow_cancelled": WorkflowCancelled,
+    "patched": Patched,
 }
 EVENT_NAMES: dict[type[msgspec.Struct], str] = {v: k for k, v in EVENT_TYPES.items()}
 _decoders = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()}
@@ -123,6 +138,15 @@ class Step:
     value: Any = None  # the resolving event (or the recording one for instant steps)
 
 
+@dataclass
+class Folded:
+    """A history folded for replay: its steps by number, and the patches
+    the run took."""
+
+    steps: dict[int, Step]
+    patches: set[str]
+
+
 _OPENERS = {
     ActivityScheduled: lambda e: Step("activity", e.name),
     SignalReceived: lambda e: Step("signal", e.signal_name, True, e),
@@ -134,15 +158,34 @@ _OPENERS = {
 _RESOLVERS = (ActivityCompleted, ActivityFailed, TimerFired)
 
 
-def fold_steps(rows: Iterable[tuple[int, str, str | bytes]]) -> dict[int, Step]:
-    """Fold ``(sequence_num, event_type, event_data)`` rows, in order, into steps."""
+def fold_steps(rows: Iterable[tuple[int, str, str | bytes]]) -> Folded:
+    """Fold ``(step, event_type, event_data)`` rows, in the order written,
+    into steps.
+
+    A resolving event may come before its step's opening one (a worker of
+    an older release numbered events by step during a rolling deploy): it
+    is kept until the opener arrives. Event types this code does not know
+    (written by a newer release) are skipped."""
     steps: dict[int, Step] = {}
+    early: dict[int, msgspec.Struct] = {}
+    patches: set[str] = set()
     for seq, kind, data in rows:
-        event = decode_event(kind, data)
+        decoder = _decoders.get(kind)
+        if decoder is None:
+            continue
+        event = decoder.decode(data)
         opener = _OPENERS.get(type(event))
         if opener is not None:
-            steps[seq] = opener(event)
-        elif isinstance(event, _RESOLVERS) and seq in steps:
-            steps[seq].done = True
-            steps[seq].value = event
-    return steps
+            step = steps[seq] = opener(event)
+            resolved = early.pop(seq, None)
+            if resolved is not None:
+                step.done, step.value = True, resolved
+        elif isinstance(event, _RESOLVERS):
+            if seq in steps:
+                steps[seq].done = True
+                steps[seq].value = event
+            else:
+                early[seq] = event
+        elif isinstance(event, Patched):
+            patches.add(event.patch_id)
+    return Folded(steps, patches)

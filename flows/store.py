@@ -62,7 +62,8 @@ def connect(dsn: str, *, autocommit: bool = False) -> Conn:
 
 
 def open_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "flows", check: bool = False
+    dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "flows", check: bool = False,
+    statement_timeout: float | None = None, idle_in_transaction_timeout: float | None = None,
 ) -> ConnectionPool:
     """A pool of autocommit connections (a lone statement costs no BEGIN and
     COMMIT; every multi-statement write says ``conn.transaction()``). Open it
@@ -70,10 +71,22 @@ def open_pool(
 
     ``check`` tests each connection as it is handed out (one round trip), so
     a client never gets one the server closed while it sat idle; the worker
-    goes without and retries its loop instead."""
+    goes without and retries its loop instead. The timeouts (seconds) are
+    set on each new connection: the server cancels a statement running
+    longer, and ends a session idle that long inside a transaction, which
+    releases the locks it held."""
+    settings = [(name, round(seconds * 1000)) for name, seconds in (
+        ("statement_timeout", statement_timeout), ("idle_in_transaction_session_timeout", idle_in_transaction_timeout),
+    ) if seconds]
+
+    def configure(conn: Conn) -> None:
+        for setting, millis in settings:
+            conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(setting), sql.Literal(millis)))
+
     pool = ConnectionPool(
         dsn, min_size=min_size, max_size=max_size, name=name, open=False, timeout=30.0,
         kwargs={"autocommit": True}, check=ConnectionPool.check_connection if check else None,
+        configure=configure if settings else None,
     )
     pool.open(wait=False)
     return pool
@@ -144,7 +157,10 @@ def _workflow(row: tuple[Any, ...] | None) -> WorkflowRow | None:
 
 @dataclass(frozen=True)
 class ActivityTask:
-    """A leased activity task and what its attempt needs to run."""
+    """A leased activity task and what its attempt needs to run.
+
+    ``token`` is this delivery's fencing token (the task's delivery count
+    when it was leased): only the delivery holding it may record a result."""
 
     shard: str
     task_id: UUID
@@ -154,8 +170,11 @@ class ActivityTask:
     name: str
     sequence_num: int
     input: str | bytes | None
-    attempt: int
+    attempt: int  # failed attempts so far
+    token: int = 1
     lost: int = 0  # earlier deliveries of this task that never reported back
+    expired_owner: str | None = None  # whose lease ran out (None: released, or none)
+    details: str | None = None  # JSON of the last heartbeat details of an earlier attempt
     replayed: Replayed | None = None  # the replay that leased it, when this worker made it
 
 
@@ -186,8 +205,8 @@ def insert_workflow(
     )
     if cur.fetchone() is None:
         return False
-    insert_event(conn, shard, workflow_id, tenant_id, 0, history.WorkflowStarted(version), event_id)
-    enqueue_workflow_task(conn, shard, workflow_id, tenant_id, task_id)
+    insert_event(conn, shard, workflow_id, tenant_id, 0, history.WorkflowStarted(version), event_id, first=True)
+    enqueue_workflow_task(conn, shard, workflow_id, tenant_id, task_id, version)
     return True
 
 
@@ -241,13 +260,15 @@ def send_signal(
     return None if row is None else row[0]
 
 
-def enqueue_workflow_task(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, task_id: UUID) -> None:
-    """Ask for a replay; a no-op when one is already pending."""
+def enqueue_workflow_task(
+    conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, task_id: UUID, version: int
+) -> None:
+    """Ask for a replay (by a worker running ``version``); a no-op when one is already pending."""
     conn.execute(
-        "INSERT INTO task_queue (workflow_name, id, workflow_id, tenant_id, task_type)"
-        " VALUES (%s, %s, %s, %s, 'workflow')"
+        "INSERT INTO task_queue (workflow_name, id, workflow_id, tenant_id, task_type, workflow_version)"
+        " VALUES (%s, %s, %s, %s, 'workflow', %s)"
         " ON CONFLICT (workflow_name, workflow_id) WHERE task_type = 'workflow' DO NOTHING",
-        (shard, task_id, workflow_id, tenant_id),
+        (shard, task_id, workflow_id, tenant_id, version),
     )
     notify(conn, [shard], work=REPLAY_WORK)
 
@@ -257,7 +278,7 @@ def cancel_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, 
     row = conn.execute(
         "UPDATE workflows SET status = 'cancelled', error = 'cancelled', waiting_for = NULL,"
         " sequence_num = sequence_num + 1, updated_at = now(), completed_at = now()"
-        " WHERE name = %s AND id = %s RETURNING sequence_num, result_waiters",
+        " WHERE name = %s AND id = %s RETURNING result_waiters",
         (shard, workflow_id),
     ).fetchone()
     assert row is not None
@@ -267,8 +288,8 @@ def cancel_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, 
         " WHERE workflow_name = %s AND workflow_id = %s AND status IN ('scheduled', 'running')",
         (shard, workflow_id),
     )
-    insert_event(conn, shard, workflow_id, tenant_id, row[0], history.WorkflowCancelled(), event_id)
-    if row[1]:
+    insert_event(conn, shard, workflow_id, tenant_id, 0, history.WorkflowCancelled(), event_id)
+    if row[0]:
         notify(conn, [shard], kind="flows-done")
 
 
@@ -277,18 +298,38 @@ def cancel_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, 
 
 class ReplayState(msgspec.Struct, frozen=True):
     """A locked workflow and what its replay reads: ``task`` is the claimed
-    (task id, task type, target id, whether another task is due in the
-    shards claimed from), None when recording an activity's end."""
+    (task id, task type, target id, seconds until the next task of the
+    claimer's versions in the shard is due, None if none), None when
+    recording an activity's end. ``events`` are (step, type, data) in the
+    order written."""
 
-    task: tuple[UUID, str, UUID | None, bool] | None
+    task: tuple[UUID, str, UUID | None, float | None] | None
     now: datetime
     workflow: WorkflowRow
     events: list[tuple[int, str, msgspec.Raw]] | None  # None: as in the worker's copy
     signals: list[tuple[UUID, str, msgspec.Raw]] | None
 
 
+class Claimed(msgspec.Struct, frozen=True):
+    """What a replay claim found: the replay ``state`` (None: nothing
+    claimable) and seconds until the shard's next task is due (None: none;
+    <= 0: one is due now, perhaps held by another worker)."""
+
+    state: ReplayState | None
+    next_due: float | None
+
+
+class _ClaimAnswer(msgspec.Struct, frozen=True):
+    task: tuple[UUID, str, UUID | None, float | None] | None = None
+    now: datetime | None = None
+    workflow: WorkflowRow | None = None
+    events: list[tuple[int, str, msgspec.Raw]] | None = None
+    signals: list[tuple[UUID, str, msgspec.Raw]] | None = None
+    next: float | None = None
+
+
 _replay_state = msgspec.json.Decoder(ReplayState)
-_TIMER_FIRED = history.EVENT_NAMES[history.TimerFired]
+_claim_answer = msgspec.json.Decoder(_ClaimAnswer)
 
 
 def _state(row: tuple[Any, ...] | None) -> ReplayState | None:
@@ -299,8 +340,7 @@ class StepTransaction:
     """A worker step's transaction: BEGIN goes with its first statement and
     COMMIT with its last, in one round trip each (client-side binding lets
     one message carry several statements). Half the round trips and client
-    CPU of ``conn.transaction()`` around two statements (measured 280 vs
-    540 us of CPU, 510 vs 940 us wall, on a Unix socket). Other statements
+    CPU of ``conn.transaction()`` around two statements. Other statements
     may run in between on ``conn``; leaving the block commits what is still
     open, or rolls it back on an exception."""
 
@@ -331,32 +371,46 @@ class StepTransaction:
             pass
 
 
-def claim_workflow_task(tx: StepTransaction, shards: list[str]) -> ReplayState | None:
-    """Claim one due workflow or timer task (deleted, its timer fired) and
-    lock its workflow row, both skipping rows another transaction holds: two
-    replays of one workflow never overlap, and a claim never waits.
+def claim_replay(tx: StepTransaction, shard: str, versions: list[int]) -> Claimed:
+    """Claim one due workflow or timer task of ``shard`` for a worker running
+    these ``versions`` of its workflow (deleted, its timer fired) and lock its
+    workflow row, both skipping rows another transaction holds: two replays
+    of one workflow never overlap, and a claim never waits. One statement
+    (``flows_claim_replay``, migration 009)."""
+    row = tx.begin_with(
+        "SELECT flows_claim_replay(%s, %s::integer[], %s, %s)",
+        (shard, _int_array(tuple(versions)), uuid6.uuid7(), sharding.channel(shard)),
+    )
+    assert row is not None and row[0] is not None
+    got = _claim_answer.decode(row[0])
+    if got.task is None or got.workflow is None or got.now is None:
+        return Claimed(None, got.next)
+    return Claimed(ReplayState(got.task, got.now, got.workflow, got.events, got.signals), got.task[3])
 
-    Shards are tried in the order given, each by its own index-ordered scan
-    (oldest due first) that stops at the first free task: one query over
-    ``workflow_name = ANY(...)`` would sort every due task to return one.
-    One statement (``flows_claim_workflow_task``, migration 005)."""
-    return _state(tx.begin_with(
-        "SELECT flows_claim_workflow_task(%s::text[], %s, %s)", (_text_array(tuple(shards)), uuid6.uuid7(), _TIMER_FIRED)
-    ))
+
+def lock_workflow(tx: StepTransaction, shard: str, workflow_id: UUID) -> tuple[UUID, str, int, int] | None:
+    """Lock a workflow row, waiting for a step in progress; return its
+    (tenant_id, status, version, sequence_num), None if there is none."""
+    row = tx.begin_with(
+        "SELECT tenant_id, status, version, sequence_num FROM workflows WHERE name = %s AND id = %s FOR UPDATE",
+        (shard, workflow_id),
+    )
+    return None if row is None else (row[0], row[1], row[2], row[3])
 
 
-def lock_activity_step(tx: StepTransaction, task: ActivityTask, owner: str) -> ReplayState | None:
+def lock_activity(tx: StepTransaction, task: ActivityTask, owner: str) -> ReplayState | None:
     """Lock the workflow row to record the end of an activity attempt and
-    delete our leased task. None if the lease was lost (it expired and
-    another worker took the task, or the workflow ended and dropped it).
+    delete our leased task. None if this delivery no longer holds the lease
+    (its attempt timed out and was recorded so, or another worker took the
+    task, or the workflow ended and dropped it).
 
     When the task carries the copy of the replay state its step left
     (``task.replayed``) and nothing was written since, the state comes back
     with that copy's history and signals instead of reading them again."""
     copy = task.replayed
     state = _state(tx.begin_with(
-        "SELECT flows_lock_activity_step(%s, %s, %s, %s, %s::integer, %s::integer, %s::integer)",
-        (task.shard, task.workflow_id, task.task_id, owner,
+        "SELECT flows_lock_activity(%s, %s, %s, %s, %s, %s::integer, %s::integer, %s::integer)",
+        (task.shard, task.workflow_id, task.task_id, owner, task.token,
          *((None, None, None) if copy is None else (copy.sequence_num, len(copy.events), len(copy.signals)))),
     ))
     if state is None or state.events is not None:
@@ -367,18 +421,21 @@ def lock_activity_step(tx: StepTransaction, task: ActivityTask, owner: str) -> R
 
 def replay_state(conn: Conn, shard: str, workflow_id: UUID) -> ReplayState | None:
     """The workflow with its history and unconsumed signals, unlocked (for inspection)."""
-    return _state(conn.execute("SELECT flows_replay_state(%s, %s, NULL)", (shard, workflow_id)).fetchone())
+    return _state(conn.execute(
+        "SELECT flows_state_v2(%s, %s, NULL, true, now())", (shard, workflow_id)).fetchone())
 
 
 class ActivityEnd(msgspec.Struct, omit_defaults=True):
     """The attempt whose end a step records: completed with ``output`` or
-    failed (no attempts left) with ``error``."""
+    failed (no attempts left) with ``error``; ``details``: the attempt's
+    last heartbeat details, when it beat."""
 
     id: UUID
     status: str
     attempt: int
     output: msgspec.Raw | None = None
     error: str | None = None
+    details: msgspec.Raw | None = None
 
 
 class NewActivity(msgspec.Struct):
@@ -401,7 +458,7 @@ class NewTimer(msgspec.Struct):
 
 class NewEvent(msgspec.Struct):
     id: UUID
-    seq: int
+    seq: int  # the step it belongs to (0: none)
     kind: str
     data: msgspec.Raw  # the event Struct's JSON, encoded once: sent as is, and kept in a worker's copy
 
@@ -411,17 +468,34 @@ class ConsumedSignal(msgspec.Struct):
     seq: int
 
 
+class Retry(msgspec.Struct, omit_defaults=True):
+    """A failed attempt with attempts left: the activity goes back to
+    ``scheduled`` and a task for the next attempt is due ``delay`` seconds on."""
+
+    id: UUID
+    attempt: int  # failed attempts after this one
+    error: str
+    delay: float
+    task_id: UUID
+    name: str
+    lease_seconds: float
+    event: NewEvent
+    details: msgspec.Raw | None = None
+
+
 class Step(msgspec.Struct, omit_defaults=True):
     """Everything one replay of a locked workflow writes (see
-    ``flows_record_step`` in migration 005 for each field)."""
+    ``flows_record_step_v2`` in migration 009 for each field)."""
 
     shard: str
     workflow_id: UUID
     tenant_id: UUID
-    status: str
+    version: int
+    status: str | None  # None: no replay (an attempt to retry)
     seq: int
     waiting_for: str | None = None
     activity: ActivityEnd | None = None
+    retry: Retry | None = None
     activities: list[NewActivity] = []
     signals: list[ConsumedSignal] = []
     timers: list[NewTimer] = []
@@ -445,84 +519,124 @@ def _encode_event(data: msgspec.Struct) -> bytes:
 
 
 def event(seq: int, data: msgspec.Struct) -> NewEvent:
-    """A history event with a fresh id, for ``Step.events``."""
+    """A history event of step ``seq`` with a fresh id, for ``Step.events``."""
     return NewEvent(uuid6.uuid7(), seq, history.event_type(data), msgspec.Raw(_encode_event(data)))
 
 
 def record_step(tx: StepTransaction, step: Step) -> None:
-    """Write a replay's decisions in one statement (``flows_record_step``)
-    and commit: the attempt that ended, new activities (those leased to a
-    worker are not due until their lease runs out), consumed signals, new
-    timers, history, and the workflow row; NOTIFY the shard when new work
-    is due now."""
-    tx.commit_with("SELECT flows_record_step(%s)", (Json(_step_encoder.encode(step)),))
+    """Write a replay's decisions in one statement (``flows_record_step_v2``)
+    and commit: the attempt that ended (or is retried), new activities (those
+    leased to a worker are not due until their lease runs out), consumed
+    signals, new timers, history, and the workflow row; NOTIFY the shard
+    when new work is due now."""
+    tx.commit_with("SELECT flows_record_step_v2(%s)", (Json(_step_encoder.encode(step)),))
 
 
 def insert_event(
-    conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, seq: int, event: msgspec.Struct, event_id: UUID
+    conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, step: int, event: msgspec.Struct, event_id: UUID,
+    *, first: bool = False,
 ) -> None:
+    """Append an event to a workflow's history (``first``: it has none yet)."""
     conn.execute(
-        "INSERT INTO history_events (workflow_name, id, workflow_id, tenant_id, sequence_num, event_type, event_data)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (shard, event_id, workflow_id, tenant_id, seq, history.event_type(event), Json(_encode_event(event))),
+        "INSERT INTO history_events"
+        " (workflow_name, id, workflow_id, tenant_id, sequence_num, step, event_type, event_data)"
+        " VALUES (%s, %s, %s, %s, " + ("1" if first else "flows_next_event(%s, %s)") + ", %s, %s, %s)",
+        (shard, event_id, workflow_id, tenant_id, *(() if first else (shard, workflow_id)), step,
+         history.event_type(event), Json(_encode_event(event))),
     )
 
 
-def claim_activity_tasks(conn: Conn, shards: list[str], owner: str, limit: int) -> list[ActivityTask]:
-    """Lease up to ``limit`` due activity tasks to ``owner`` (for each task's
-    lease_seconds) and mark their activities running (one statement:
-    ``flows_claim_activity_tasks``, migration 008)."""
-    rows = conn.execute(
-        "SELECT * FROM flows_claim_activity_tasks(%s, %s::text[], %s)", (owner, _text_array(tuple(shards)), limit),
-    ).fetchall()
-    return [ActivityTask(*row) for row in rows]
+class _Leased(msgspec.Struct, frozen=True, array_like=True):
+    task_id: UUID
+    workflow_id: UUID
+    tenant_id: UUID
+    activity_id: UUID
+    name: str
+    sequence_num: int
+    input: str | None
+    attempt: int
+    token: int
+    lost: int
+    expired_owner: str | None
+    details: str | None
 
 
-def retry_activity(
-    conn: Conn, *, shard: str, workflow_id: UUID, tenant_id: UUID, activity_id: UUID, seq: int, name: str,
-    error: str, attempt: int, delay_seconds: float, lease_seconds: float, event_id: UUID, task_id: UUID,
-) -> None:
-    """Record a failed attempt and queue the next one ``delay_seconds`` later."""
-    conn.execute(
-        "UPDATE activities SET status = 'scheduled', attempt = %s, error = %s,"
-        " next_retry_at = now() + %s * interval '1 second', updated_at = now()"
-        " WHERE workflow_name = %s AND id = %s",
-        (attempt + 1, error, delay_seconds, shard, activity_id),
-    )
-    conn.execute(
-        "INSERT INTO task_queue"
-        " (workflow_name, id, workflow_id, tenant_id, task_type, target_id, lease_seconds, visibility_timeout)"
-        " VALUES (%s, %s, %s, %s, 'activity', %s, %s, now() + %s * interval '1 second')",
-        (shard, task_id, workflow_id, tenant_id, activity_id, lease_seconds, delay_seconds),
-    )
-    insert_event(
-        conn, shard, workflow_id, tenant_id, seq, history.ActivityRetrying(name, attempt, error, delay_seconds),
-        event_id,
-    )
-    notify(conn, [shard], work=ACTIVITY_WORK)
+class _ActivityClaim(msgspec.Struct, frozen=True):
+    tasks: list[_Leased]
+    next: float | None = None
 
 
-# When the earliest task of some shards falls due (NULL: none; parameters:
-# the shards as text[], whether activity tasks count). The earliest of each
-# shard in index order, then the least of those: min() over
-# workflow_name = ANY(...) read every task of the shards (2 ms a call with
-# 10,000 workflows waiting on timers).
-_EARLIEST_DUE = (
-    "(SELECT min(t.due) FROM unnest(%s::text[]) s(shard) CROSS JOIN LATERAL ("
-    "  SELECT visibility_timeout AS due FROM task_queue"
-    "  WHERE workflow_name = s.shard AND (%s OR task_type <> 'activity')"
-    "  ORDER BY visibility_timeout LIMIT 1) t)"
-)
+_activity_claim = msgspec.json.Decoder(_ActivityClaim)
 
 
-def next_due(conn: Conn, shards: list[str], *, activities: bool = True) -> float | None:
-    """Seconds from now (by the database clock) until the earliest task of
-    these shards is due (leaving activity tasks out unless ``activities``);
-    <= 0 when one is due already, None when none exist."""
+def claim_activities(
+    conn: Conn, shard: str, names: list[str], owner: str, limit: int
+) -> tuple[list[ActivityTask], float | None]:
+    """Lease up to ``limit`` due tasks of these activities in ``shard`` to
+    ``owner`` (each for its task's lease_seconds) and mark their activities
+    running; also return seconds until the shard's next task of these
+    activities falls due (None: none). One statement
+    (``flows_claim_activities``, migration 009)."""
     row = conn.execute(
-        f"SELECT extract(epoch FROM {_EARLIEST_DUE} - clock_timestamp())", (_text_array(tuple(shards)), activities),
+        "SELECT flows_claim_activities(%s, %s::text[], %s, %s, %s)",
+        (shard, _text_array(tuple(names)), owner, limit, sharding.channel(shard)),
     ).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
+    assert row is not None
+    claim = _activity_claim.decode(row[0])
+    return [
+        ActivityTask(shard, t.task_id, t.workflow_id, t.tenant_id, t.activity_id, t.name, t.sequence_num, t.input,
+                     t.attempt, t.token, t.lost, t.expired_owner, t.details)
+        for t in claim.tasks
+    ], claim.next
+
+
+def heartbeat_activity(
+    conn: Conn, task: ActivityTask, owner: str, details: bytes, extend_seconds: float | None, cap_seconds: float
+) -> bool:
+    """Record an attempt's heartbeat details and, with ``extend_seconds``,
+    push its lease that far from now (never past its start plus
+    ``cap_seconds``). False when this delivery no longer holds the lease."""
+    row = conn.execute(
+        "SELECT flows_heartbeat_activity(%s, %s, %s, %s, %s, %s, %s, %s)",
+        (task.shard, task.task_id, task.activity_id, owner, task.token, Json(details), extend_seconds, cap_seconds),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _int_array(items: tuple[int, ...]) -> str:
+    return "{" + ",".join(str(int(i)) for i in items) + "}"
+
+
+@dataclass(frozen=True)
+class Serves:
+    """What a worker takes from the queue: its shards, the workflow versions
+    it runs on each, and the activities it has. Dumped once, sent as is."""
+
+    shards: tuple[str, ...]
+    versions: tuple[tuple[int, ...], ...]  # aligned with shards
+    activities: tuple[str, ...]
+
+    @functools.cached_property
+    def params(self) -> tuple[str, str, str]:
+        return (
+            _text_array(self.shards),
+            _text_array(tuple("[" + ",".join(map(str, v)) + "]" for v in self.versions)),
+            _text_array(self.activities),
+        )
+
+
+def due_times(conn: Conn, serves: Serves) -> list[tuple[str, str, float]]:
+    """(shard, kind, seconds until due) for each shard with a task due
+    sometime: kind REPLAY_WORK for workflow and timer tasks, ACTIVITY_WORK
+    for activity tasks (leased ones count at their lease's end); by the
+    database clock, <= 0 when due already."""
+    return [
+        (shard, kind, float(due_in)) for shard, kind, due_in in conn.execute(
+            "SELECT r_shard, r_kind, r_due_in FROM flows_due_times(%s::text[], %s::text[], %s::text[])",
+            serves.params,
+        )
+    ]
 
 
 def release_leases(conn: Conn, shards: list[str], owner: str) -> int:
@@ -592,18 +706,28 @@ def register_worker(conn: Conn, *, owner: str, pid: int, host: str, shard_group:
     return bool(row and row[0])
 
 
-def beat_worker(conn: Conn, owner: str, shards: list[str]) -> tuple[bool, bool] | None:
-    """Refresh the worker's heartbeat and say whether another registered
-    worker serves one of ``shards`` (its own) and whether a task of them is
-    due (by the database clock: the beat is the worker's safety net for
-    notifications it missed); None if its row is gone (a supervisor took it
-    for dead and released its leases): register again."""
+class Beat(msgspec.Struct, frozen=True):
+    """A heartbeat's news: another live worker serves one of our shards;
+    some worker has been silent past the stale limit; a task of ours is due."""
+
+    shared: bool
+    stale: bool
+    due: bool
+
+
+_beat = msgspec.json.Decoder(Beat)
+
+
+def beat_worker(conn: Conn, owner: str, serves: Serves, stale_seconds: float) -> Beat | None:
+    """Refresh the worker's heartbeat, and learn what ``Beat`` says (whether
+    a task is due is asked by the database clock: the beat is the worker's
+    safety net for notifications it missed). None if its row is gone (a
+    supervisor or another worker took it for dead and released its leases):
+    register again. One statement (``flows_beat``)."""
     row = conn.execute(
-        f"UPDATE worker_heartbeats SET last_beat = now() WHERE owner = %s"
-        f" RETURNING {_SHARED}, {_EARLIEST_DUE} <= clock_timestamp()",
-        (owner, owner, shards, _text_array(tuple(shards)), True),
+        "SELECT flows_beat(%s, %s::text[], %s::text[], %s::text[], %s)", (owner, *serves.params, stale_seconds),
     ).fetchone()
-    return None if row is None else (bool(row[0]), bool(row[1]))
+    return None if row is None or row[0] is None else _beat.decode(row[0])
 
 
 def unregister_worker(conn: Conn, owner: str) -> None:

@@ -53,7 +53,7 @@ def record(ctx: flows.ActivityContext, what: str) -> str:
 @flows.activity("t-flaky", retry=FAST_RETRY)
 def flaky(ctx: flows.ActivityContext, what: str) -> str:
     ledger(ctx.idempotency_key, ctx.attempt, "flaky")
-    if ctx.attempt < 2:
+    if ctx.attempt < 3:
         raise ConnectionError(f"attempt {ctx.attempt} of {what} failed")
     return f"{what} finally"
 

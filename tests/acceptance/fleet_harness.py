@@ -189,7 +189,7 @@ def assert_all_completed(engine: Engine, db: psycopg.Connection[Any], runs: list
         assert out == fleet_app.expected_output(o, {"n": o.n} if o.signal else None)
     ids = [run.workflow_id for run, _ in runs]
     twice = db.execute(
-        "SELECT workflow_id, sequence_num, count(*) FROM history_events"
+        "SELECT workflow_id, step, count(*) FROM history_events"
         " WHERE workflow_id = ANY(%s) AND event_type = 'activity_completed'"
         " GROUP BY 1, 2 HAVING count(*) > 1", (ids,)).fetchall()
     assert twice == []

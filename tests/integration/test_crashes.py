@@ -67,7 +67,7 @@ def test_worker_killed_mid_activity_another_finishes_the_workflow(
     notes = [n for (n,) in ledger.execute("SELECT note FROM ledger WHERE step = %s ORDER BY at", (slow_key,))]
     assert len(notes) == 2 and notes[0] != notes[1]  # run again, by another process
     assert ledger.execute(
-        "SELECT count(*) FROM history_events WHERE workflow_id = %s AND sequence_num = 6"
+        "SELECT count(*) FROM history_events WHERE workflow_id = %s AND step = 6"
         " AND event_type = 'activity_completed'", (run.workflow_id,)).fetchone() == (1,)
     assert ledger.execute("SELECT status FROM activities WHERE workflow_id = %s AND sequence_num = 6",
                           (run.workflow_id,)).fetchall() == [("completed",)]
@@ -137,4 +137,4 @@ def test_an_activity_that_kills_its_worker_runs_out_of_attempts_instead_of_loopi
         fleet.wait(30)
     assert out.startswith("gave up after 2 attempts: WorkerLost")
     deaths = ledger.execute("SELECT attempt FROM ledger ORDER BY at").fetchall()
-    assert deaths == [(0,), (1,)]  # each attempt ran once, then the failure reached the workflow
+    assert deaths == [(1,), (2,)]  # each attempt ran once, then the failure reached the workflow

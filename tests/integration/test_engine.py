@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import psycopg
+import uuid6
 import pytest
 
 import flows
@@ -45,8 +46,10 @@ def test_a_workflow_runs_every_primitive_and_records_each_step(engine: Engine, w
     assert rows(db, "SELECT signal_name, consumed, consumed_seq FROM signals WHERE workflow_id = %s", wid) == [
         ("go", True, 2)]
     assert rows(db, "SELECT sequence_num, fired FROM timers WHERE workflow_id = %s", wid) == [(3, True)]
-    events = [e for _, e in rows(db, "SELECT sequence_num, event_type FROM history_events WHERE workflow_id = %s"
-                                     " ORDER BY sequence_num, created_at", wid)]
+    history = rows(db, "SELECT sequence_num, event_type FROM history_events WHERE workflow_id = %s"
+                       " ORDER BY sequence_num", wid)
+    assert [seq for seq, _ in history] == list(range(1, len(history) + 1))  # strictly increasing, no ties
+    events = [e for _, e in history]
     assert events == ["workflow_started", "activity_scheduled", "activity_completed", "signal_received",
                       "timer_started", "timer_fired", "random_generated", "activity_scheduled",
                       "activity_completed", "time_recorded", "uuid_generated", "workflow_completed"]
@@ -90,7 +93,7 @@ def test_a_flaky_activity_is_retried_with_backoff_until_it_succeeds(engine: Engi
     run = engine.start(flaky_workflow, "credit check")
     assert engine.result(run.workflow_name, run.workflow_id, timeout=15) == "credit check finally"
     attempts = rows(db, "SELECT attempt, at FROM ledger ORDER BY at")
-    assert [a for a, _ in attempts] == [0, 1, 2]
+    assert [a for a, _ in attempts] == [1, 2, 3]  # ctx.attempt counts from 1
     gaps = [(b[1] - a[1]).total_seconds() for a, b in zip(attempts, attempts[1:])]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # initial 0.2 s, factor 2, no jitter
     assert rows(db, "SELECT status, attempt, error FROM activities WHERE workflow_id = %s", run.workflow_id) == [
@@ -268,21 +271,38 @@ def test_no_end_announcement_when_nobody_waits(engine: Engine, worker: Any, db: 
     assert list(db.notifies(timeout=0.2)) == []
 
 
-def test_a_claim_says_whether_another_task_is_due_in_any_of_the_shards_it_serves(engine: Engine, db_url: str) -> None:
-    """Replay threads claim again, or another starts, only while the claim
-    says another task is due: one waiting in another of the worker's shards
-    counts, or timers falling due across shards are fired one at a time."""
-    started: list[flows.Execution] = []
-    while len({run.workflow_name_sharded for run in started}) < 2:
-        started.append(engine.start(three_steps, Job(f"j{len(started)}")))
-    shards = sorted({run.workflow_name_sharded for run in started}, key=lambda s: started[0].workflow_name_sharded != s)
-    more_flags = []
+def test_a_claim_says_when_its_shards_next_task_of_the_workers_versions_falls_due(
+    engine: Engine, db_url: str
+) -> None:
+    """A worker claims only in shards where work is due, and learns each
+    shard's next due time from the claim itself: "now" while another task
+    waits, the timer's fire time once only that is left, None when empty."""
+    shard = engine.shard_of(three_steps.name, uuid6.uuid7())
+    runs: list[flows.Execution] = []
+    while len(runs) < 2:
+        run = engine.start(three_steps, Job(f"j{len(runs)}"), workflow_id=uuid6.uuid7())
+        if run.workflow_name_sharded == shard:
+            runs.append(run)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        for _ in started:
+        conn.execute("DELETE FROM task_queue WHERE workflow_name <> %s", (shard,))
+        timer_at = conn.execute(
+            "INSERT INTO task_queue (workflow_name, id, workflow_id, tenant_id, task_type, workflow_version,"
+            " visibility_timeout) SELECT workflow_name, %s, %s, tenant_id, 'timer', 1, now() + interval '1 hour'"
+            " FROM task_queue WHERE workflow_name = %s LIMIT 1 RETURNING visibility_timeout",
+            (uuid6.uuid7(), uuid6.uuid7(), shard)).fetchone()
+        assert timer_at is not None
+        answers = []
+        for _ in range(3):
             with store.StepTransaction(conn) as tx:
-                state = store.claim_workflow_task(tx, shards)
-            assert state is not None and state.task is not None
-            more_flags.append(state.task[3])
+                claimed = store.claim_replay(tx, shard, [1])
+            answers.append((claimed.state is not None, claimed.next_due))
         with store.StepTransaction(conn) as tx:
-            assert store.claim_workflow_task(tx, shards) is None
-    assert more_flags == [True] * (len(started) - 1) + [False]
+            assert store.claim_replay(tx, shard, [2]).next_due is None  # no version-2 work
+        conn.execute("DELETE FROM task_queue WHERE workflow_name = %s", (shard,))
+        with store.StepTransaction(conn) as tx:
+            assert store.claim_replay(tx, shard, [1]) == store.Claimed(None, None)
+    (first, now_due), (second, timer_due), (third, still_timer) = answers
+    assert (first, second, third) == (True, True, False)
+    assert now_due is not None and now_due <= 0  # the second workflow's task waited
+    assert timer_due is not None and 3590 < timer_due <= 3600
+    assert still_timer is not None and 3590 < still_timer <= 3600

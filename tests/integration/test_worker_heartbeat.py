@@ -45,8 +45,8 @@ def _lease(db: psycopg.Connection[Any], engine: Engine, start_worker: Callable[.
     wait_until(lambda: db.execute("SELECT 1 FROM task_queue WHERE task_type = 'activity'").fetchone())
     replayer.stop()
     shards = engine.shard_names("fleet-order")
-    with db.transaction():
-        assert len(store.claim_activity_tasks(db, shards, owner, 10)) == 1
+    leased = [task for shard in shards for task in store.claim_activities(db, shard, ["fleet-effect"], owner, 10)[0]]
+    assert len(leased) == 1
     return shards
 
 

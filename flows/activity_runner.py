@@ -1,0 +1,325 @@
+"""Running activity attempts: slots, timeouts, heartbeats, and recording.
+
+An attempt runs on a thread of its own, outside any transaction, under a
+lease: its timeout plus a grace (``steps.LEASE_GRACE_SECONDS``). A watchdog
+records an attempt that runs past its timeout, or stops heartbeating, as a
+failed attempt ("timed out") at once, so the retry policy's next attempt
+follows; whatever the late attempt returns is then refused, because only the
+delivery holding the lease (its fencing token) may record. An attempt whose
+worker died is found by another worker when the lease runs out (or at once,
+when a supervisor or a heartbeat releases the dead worker's leases) and is
+recorded as failed the same way.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from flows import codec, sharding, store
+from flows.context import ActivityContext
+from flows.definitions import DEFAULT_ACTIVITY_TIMEOUT_SECONDS, ActivityDefinition
+from flows.errors import ConfigurationError
+from flows.steps import LEASE_GRACE_SECONDS, Attempt, News, StepWriter
+from flows.wakeups import BUSY_RECHECK_SECONDS, Ticket, Wake, Wakeups
+
+log = logging.getLogger("flows.worker")
+
+RECORD_RETRY_SECONDS = 60.0  # keep trying to record an attempt's end this long while the database is away
+RECONNECT_MAX_SECONDS = 5.0
+HEARTBEAT_FLUSH_MAX_SECONDS = 30.0  # the longest a heartbeat's details wait before reaching the database
+
+
+@dataclass(eq=False)
+class Running:
+    """An attempt in progress, as the watchdog and heartbeats see it."""
+
+    task: store.ActivityTask
+    definition: ActivityDefinition[Any, Any] | None
+    ctx: ActivityContext
+    started: float  # time.monotonic()
+    deadline: float  # start-to-close
+    beat_deadline: float | None  # with a heartbeat timeout: the last beat plus it
+    details: bytes | None = None  # the last heartbeat's details (JSON)
+    flushed_at: float = 0.0
+    ended: bool = False  # recorded, by the attempt or by the watchdog
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def end(self) -> bool:
+        """True for the first caller only: who records this attempt's end."""
+        with self.lock:
+            if self.ended:
+                return False
+            self.ended = True
+            return True
+
+
+class ActivityRunner:
+    """Runs leased activity attempts on ``concurrency`` threads and records
+    each end with ``steps``. ``lease_to()`` names who a completion's next
+    activity is leased to (None once the worker stops), ``on_news`` takes a
+    step's news for the worker's wake-ups."""
+
+    def __init__(
+        self,
+        activities: dict[str, ActivityDefinition[Any, Any]],
+        *,
+        owner: str,
+        concurrency: int,
+        steps: StepWriter,
+        wakeups: Wakeups,
+        lease_to: Callable[[], str | None],
+        on_news: Callable[[News | None], None],
+    ) -> None:
+        self.activities = activities
+        self.names = sorted(activities)
+        self.owner = owner
+        self.concurrency = concurrency
+        self.steps = steps
+        self.wakeups = wakeups
+        self.lease_to = lease_to
+        self.on_news = on_news
+        self.pool: Any = None
+        self.immediate = False  # stop without recording anything more
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="flows-activity")
+        self._watch: list[tuple[float, int, Running]] = []
+        self._watch_seq = 0
+        self._watch_cond = threading.Condition()
+        self._watch_stop = False
+        self._watchdog = threading.Thread(target=self._watchdog_loop, name="flows-activity-watchdog", daemon=True)
+
+    def start(self, pool: Any) -> None:
+        self.pool = pool
+        self._watchdog.start()
+
+    # -- slots ------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        with self._lock:
+            return self.concurrency - self._in_flight
+
+    def reserve(self, wanted: int) -> int:
+        """Take up to ``wanted`` free slots; return how many."""
+        with self._lock:
+            got = max(0, min(wanted, self.concurrency - self._in_flight))
+            self._in_flight += got
+            return got
+
+    def release(self, unused: int) -> None:
+        if unused > 0:
+            with self._lock:
+                self._in_flight -= unused
+
+    # -- claiming and starting --------------------------------------------------
+
+    def claim(self, ticket: Ticket) -> int:
+        """Lease due tasks of our activities in the ticket's shard, up to the
+        free slots, and start them; learn when the shard's next falls due."""
+        slots = self.reserve(self.concurrency)
+        tasks: list[store.ActivityTask] = []
+        try:
+            if not slots:
+                return 0
+            with self.pool.connection() as conn:  # one statement: no BEGIN and COMMIT
+                tasks, next_due = store.claim_activities(conn, ticket.shard, self.names, self.owner, slots)
+            if len(tasks) < slots and next_due is not None and next_due <= 0:
+                next_due = BUSY_RECHECK_SECONDS  # due, but held by another worker
+            self.wakeups.learn(ticket, next_due)
+            self.run(tasks)
+            return len(tasks)
+        finally:
+            self.release(slots - len(tasks))
+
+    def run(self, tasks: list[store.ActivityTask]) -> None:
+        """Run attempts in slots already reserved for them."""
+        for task in tasks:
+            self._executor.submit(self._run, task)
+
+    def _run(self, task: store.ActivityTask) -> None:
+        """Run an attempt and record it; then the workflow's next activity in
+        this same slot, if recording it leased one to us."""
+        try:
+            next_task: store.ActivityTask | None = task
+            while next_task is not None and not self.immediate:
+                next_task = self._attempt(next_task)
+        except Exception:  # noqa: BLE001 - never lose the slot
+            log.exception("activity-record-failed name=%s id=%s", task.name, task.activity_id)
+        finally:
+            self.release(1)
+            self.wakeups.wake(Wake.SLOT)
+
+    def _lost(self, task: store.ActivityTask, definition: ActivityDefinition[Any, Any] | None) -> store.ActivityTask | None:
+        """Deliveries that never reported back are failed attempts: record
+        them (the retry policy then schedules the next) instead of running
+        the activity at once."""
+        attempt = task.attempt + task.lost - 1
+        timeout = definition.timeout_seconds if definition is not None else DEFAULT_ACTIVITY_TIMEOUT_SECONDS
+        error = (f"TimeoutError: attempt {attempt + 1} did not report back within its lease"
+                 f" (timeout {timeout:g}s): its worker hung or died" if task.expired_owner else
+                 f"WorkerLost: attempt {attempt + 1} was lost with its worker")
+        log.warning("activity-attempt-lost name=%s id=%s attempt=%s", task.name, task.activity_id, attempt + 1)
+        return self._record(Attempt(replace(task, attempt=attempt), definition, error=error), self.lease_to())
+
+    def _attempt(self, task: store.ActivityTask) -> store.ActivityTask | None:
+        definition = self.activities.get(task.name)
+        if task.lost:
+            return self._lost(task, definition)
+        timeout = definition.timeout_seconds if definition is not None else DEFAULT_ACTIVITY_TIMEOUT_SECONDS
+        beat_timeout = definition.heartbeat_timeout_seconds if definition is not None else None
+        ctx = ActivityContext(
+            task.workflow_id, sharding.base_name(task.shard), task.tenant_id, task.activity_id, task.name,
+            task.sequence_num, task.attempt + 1, _details(task.details),
+        )
+        started = time.monotonic()
+        running = Running(task, definition, ctx, started, started + timeout,
+                          None if beat_timeout is None else started + beat_timeout)
+        ctx._beat = lambda details: self._beat(running, details)
+        self._watch_attempt(running)
+        output: bytes | None = None
+        error: str | None = None
+        try:
+            if definition is None:
+                raise ConfigurationError(f"activity {task.name!r} is not registered in this worker")
+            result = definition.fn(ctx, codec.decode(task.input, definition.input_type))
+            output = codec.encode(result, "activity result")
+        except Exception as exc:  # noqa: BLE001 - an activity may raise anything
+            error = f"{type(exc).__name__}: {exc}"
+        duration = time.monotonic() - started
+        if not running.end():  # the watchdog recorded it as timed out: this result comes too late
+            log.warning("activity-late-result-discarded name=%s id=%s attempt=%s ran=%.1fs",
+                        task.name, task.activity_id, ctx.attempt, duration)
+            return None
+        if error is not None:
+            log.info("activity-attempt-failed name=%s id=%s attempt=%s error=%s", task.name, task.activity_id,
+                     ctx.attempt, error.split(":", 1)[0])
+        return self._record(Attempt(task, definition, output, error, duration, running.details), self.lease_to())
+
+    # -- heartbeats -------------------------------------------------------------
+
+    def _beat(self, running: Running, details: Any) -> bool:
+        """ctx.heartbeat(): keep the details, move the heartbeat deadline, and
+        at most every few seconds tell the database (extending the lease).
+        False when the lease is no longer ours."""
+        running.details = codec.encode(details, "heartbeat details")
+        now = time.monotonic()
+        definition = running.definition
+        beat_timeout = definition.heartbeat_timeout_seconds if definition is not None else None
+        if beat_timeout is not None:
+            running.beat_deadline = now + beat_timeout
+        flush_every = min(HEARTBEAT_FLUSH_MAX_SECONDS, (beat_timeout or running.deadline - running.started) / 3)
+        if now - running.flushed_at < flush_every:
+            return not running.ended
+        running.flushed_at = now
+        timeout = running.deadline - running.started
+        try:
+            with self.pool.connection() as conn:
+                held = store.heartbeat_activity(
+                    conn, running.task, self.owner, running.details,
+                    None if beat_timeout is None else beat_timeout + LEASE_GRACE_SECONDS,
+                    timeout + LEASE_GRACE_SECONDS,
+                )
+        except store.TRANSIENT_ERRORS as exc:  # the lease still runs; the next beat tries again
+            log.warning("activity-heartbeat-failed name=%s error=%s", running.task.name, type(exc).__name__)
+            return not running.ended
+        return held and not running.ended
+
+    # -- the watchdog -------------------------------------------------------------
+
+    def _watch_attempt(self, running: Running) -> None:
+        with self._watch_cond:
+            self._watch_seq += 1
+            heapq.heappush(self._watch, (self._deadline_of(running), self._watch_seq, running))
+            self._watch_cond.notify()
+
+    @staticmethod
+    def _deadline_of(running: Running) -> float:
+        return running.deadline if running.beat_deadline is None else min(running.deadline, running.beat_deadline)
+
+    def _watchdog_loop(self) -> None:
+        """Record attempts that run past their timeout or stop beating."""
+        while True:
+            with self._watch_cond:
+                while not self._watch_stop:
+                    while self._watch and self._watch[0][2].ended:
+                        heapq.heappop(self._watch)
+                    wait = self._watch[0][0] - time.monotonic() if self._watch else None
+                    if wait is not None and wait <= 0:
+                        break
+                    self._watch_cond.wait(wait)
+                if self._watch_stop:
+                    return
+                _, _, running = heapq.heappop(self._watch)
+                deadline = self._deadline_of(running)
+                if deadline > time.monotonic():  # it beat meanwhile: watch it again
+                    self._watch_seq += 1
+                    heapq.heappush(self._watch, (deadline, self._watch_seq, running))
+                    continue
+            self._time_out(running)
+
+    def _time_out(self, running: Running) -> None:
+        if not running.end():
+            return
+        running.ctx._cancelled.set()
+        task, now = running.task, time.monotonic()
+        if running.beat_deadline is not None and running.beat_deadline < running.deadline:
+            assert running.definition is not None and running.definition.heartbeat_timeout_seconds is not None
+            error = (f"TimeoutError: attempt {task.attempt + 1} sent no heartbeat for"
+                     f" {running.definition.heartbeat_timeout_seconds:g}s (heartbeat_timeout)")
+        else:
+            error = (f"TimeoutError: attempt {task.attempt + 1} ran past its timeout of"
+                     f" {running.deadline - running.started:g}s")
+        log.warning("activity-timed-out name=%s id=%s attempt=%s: %s (its thread keeps its slot until it returns)",
+                    task.name, task.activity_id, task.attempt + 1, error.split(": ", 1)[1])
+        try:
+            self._record(Attempt(task, running.definition, None, error, now - running.started, running.details),
+                         None)  # its slot stays busy until the thread returns
+        except Exception:  # noqa: BLE001 - the lease runs out and another worker records it
+            log.exception("activity-timeout-record-failed name=%s id=%s", task.name, task.activity_id)
+
+    # -- recording ------------------------------------------------------------------
+
+    def _record(self, attempt: Attempt, lease_to: str | None) -> store.ActivityTask | None:
+        """Record an attempt's end, retrying while the database is away; if
+        that fails for too long the lease runs out and another worker records
+        it as lost. Returns the workflow's next activity when it was leased
+        to ``lease_to`` (us)."""
+        deadline = time.monotonic() + RECORD_RETRY_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                with self.pool.connection() as conn, store.StepTransaction(conn) as tx:
+                    leased, news = self.steps.record_attempt(tx, attempt, self.owner, lease_to)
+                self.on_news(news)
+                return leased[0] if leased else None
+            except store.TRANSIENT_ERRORS as exc:
+                if time.monotonic() > deadline or self.immediate:
+                    raise
+                log.warning("activity-record-retry name=%s error=%s", attempt.task.name, type(exc).__name__)
+                time.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    # -- stopping -------------------------------------------------------------------
+
+    def shutdown(self, graceful_timeout: float) -> bool:
+        """Stop: with a ``graceful_timeout`` > 0 let running attempts finish
+        within it. Returns whether attempts are still running."""
+        if graceful_timeout > 0 and not self.immediate:
+            deadline = time.monotonic() + graceful_timeout
+            while self.free_slots() < self.concurrency and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._watch_cond:
+            self._watch_stop = True
+            self._watch_cond.notify()
+        return self.free_slots() < self.concurrency
+
+
+def _details(data: str | None) -> Any:
+    return None if data is None else codec.decode(data)
