@@ -13,6 +13,7 @@ recorded as failed the same way.
 
 from __future__ import annotations
 
+import ctypes
 import heapq
 import logging
 import threading
@@ -35,6 +36,12 @@ RECONNECT_MAX_SECONDS = 5.0
 HEARTBEAT_FLUSH_MAX_SECONDS = 30.0  # the longest a heartbeat's details wait before reaching the database
 
 
+class AttemptInterrupted(BaseException):
+    """Raised in an attempt's thread once it ran past its timeout (and was
+    recorded so): a BaseException, so the activity's ``except Exception``
+    lets it through while its ``finally`` blocks run."""
+
+
 @dataclass(eq=False)
 class Running:
     """An attempt in progress, as the watchdog and heartbeats see it."""
@@ -48,6 +55,7 @@ class Running:
     details: bytes | None = None  # the last heartbeat's details (JSON)
     flushed_at: float = 0.0
     ended: bool = False  # recorded, by the attempt or by the watchdog
+    thread: int | None = None  # the thread running the activity's code, while it does
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def end(self) -> bool:
@@ -181,18 +189,27 @@ class ActivityRunner:
         running = Running(task, definition, ctx, started, started + timeout,
                           None if beat_timeout is None else started + beat_timeout)
         ctx._beat = lambda details: self._beat(running, details)
-        self._watch_attempt(running)
         output: bytes | None = None
         error: str | None = None
         try:
-            if definition is None:
-                raise ConfigurationError(f"activity {task.name!r} is not registered in this worker")
-            result = definition.fn(ctx, codec.decode(task.input, definition.input_type))
-            output = codec.encode(result, "activity result")
-        except Exception as exc:  # noqa: BLE001 - an activity may raise anything
-            error = f"{type(exc).__name__}: {exc}"
+            try:
+                with running.lock:
+                    running.thread = threading.get_ident()
+                self._watch_attempt(running)
+                if definition is None:
+                    raise ConfigurationError(f"activity {task.name!r} is not registered in this worker")
+                result = definition.fn(ctx, codec.decode(task.input, definition.input_type))
+                output = codec.encode(result, "activity result")
+            except Exception as exc:  # noqa: BLE001 - an activity may raise anything
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                with running.lock:  # from here on the watchdog leaves this thread alone
+                    running.thread = None
+            recording = running.end()
+        except AttemptInterrupted:  # the watchdog recorded the timeout, then stopped the attempt here
+            recording = False
         duration = time.monotonic() - started
-        if not running.end():  # the watchdog recorded it as timed out: this result comes too late
+        if not recording:  # the watchdog recorded it as timed out: whatever it returned comes too late
             log.warning("activity-late-result-discarded name=%s id=%s attempt=%s ran=%.1fs",
                         task.name, task.activity_id, ctx.attempt, duration)
             return None
@@ -267,6 +284,10 @@ class ActivityRunner:
         if not running.end():
             return
         running.ctx._cancelled.set()
+        with running.lock:  # stop the activity's code at its next Python instruction
+            if running.thread is not None:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running.thread),
+                                                           ctypes.py_object(AttemptInterrupted))
         task, now = running.task, time.monotonic()
         if running.beat_deadline is not None and running.beat_deadline < running.deadline:
             assert running.definition is not None and running.definition.heartbeat_timeout_seconds is not None
