@@ -172,8 +172,8 @@ class WorkflowContext:
     def wait_for_signal(self, name: str, type: Any = Any) -> Any:
         """Return the payload of the oldest unconsumed signal ``name``, waiting
         for one to arrive if there is none yet."""
-        if not name or not isinstance(name, str):
-            raise InvalidInput("signal name must be a non-empty string")
+        if not name or not isinstance(name, str) or len(name) > 200 or "\0" in name:
+            raise InvalidInput(f"signal name must be a non-empty string of <= 200 chars without NUL, got {name!r}")
         step = self._next("signal", name)
         if step is not None:
             return codec.decode(step.value.payload, type)
@@ -240,8 +240,8 @@ class WorkflowContext:
         old()`` changes code under running workflows without a new version.
         Once no run from before the patch is in flight, retire it: keep only
         the new path and delete the call (the recorded markers are ignored)."""
-        if not isinstance(patch_id, str) or not patch_id or len(patch_id) > 200:
-            raise InvalidInput(f"patch_id must be a non-empty string of <= 200 chars, got {patch_id!r}")
+        if not isinstance(patch_id, str) or not patch_id or len(patch_id) > 200 or "\0" in patch_id:
+            raise InvalidInput(f"patch_id must be a non-empty string of <= 200 chars without NUL, got {patch_id!r}")
         if patch_id in self._patches:
             return True
         if self._seq < self._last_step:  # replaying steps recorded without the patch

@@ -209,8 +209,9 @@ class Engine:
         name = _base_name(workflow_name)
         wid = parse_uuid(workflow_id)
         tenant = _tenant(tenant_id)
-        if not isinstance(signal_name, str) or not signal_name or len(signal_name) > 200:
-            raise InvalidInput(f"signal_name must be a non-empty string of <= 200 chars, got {signal_name!r}")
+        if not isinstance(signal_name, str) or not signal_name or len(signal_name) > 200 or "\0" in signal_name:
+            raise InvalidInput(f"signal_name must be a non-empty string of <= 200 chars without NUL, got {signal_name!r}",
+                               path="signal_name")
         data = codec.encode(payload, "payload")
         shard = self.shard_of(name, wid)
         signal_id = uuid6.uuid7()
