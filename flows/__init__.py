@@ -10,8 +10,9 @@ from flows.definitions import (
     registered_workflows,
     workflow,
 )
-from flows.engine import DEFAULT_TENANT_ID, Engine, Execution, WorkflowStatus
+from flows.engine import DEFAULT_TENANT_ID, ActivityStatus, Engine, Execution, WorkflowStatus
 from flows.errors import (
+    ActivityCancelled,
     ActivityFailed,
     ConfigurationError,
     DatabaseError,
@@ -28,7 +29,9 @@ __all__ = [
     "DEFAULT_TENANT_ID",
     "ActivityContext",
     "ActivityDefinition",
+    "ActivityCancelled",
     "ActivityFailed",
+    "ActivityStatus",
     "ConfigurationError",
     "DatabaseError",
     "Engine",

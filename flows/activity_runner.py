@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import heapq
 import logging
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,8 +53,12 @@ class Running:
     started: float  # time.monotonic()
     deadline: float  # start-to-close
     beat_deadline: float | None  # with a heartbeat timeout: the last beat plus it
+    beat_timeout: float | None = None
+    flush_every: float = 0.0  # send heartbeats to the database at most this often
     details: bytes | None = None  # the last heartbeat's details (JSON)
-    flushed_at: float = 0.0
+    pending: bool = False  # details not yet sent
+    flushed_at: float = -math.inf
+    held: bool = True  # the lease is ours, as far as the last heartbeat knew
     ended: bool = False  # recorded, by the attempt or by the watchdog
     thread: int | None = None  # the thread running the activity's code, while it does
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -187,7 +192,8 @@ class ActivityRunner:
         )
         started = time.monotonic()
         running = Running(task, definition, ctx, started, started + timeout,
-                          None if beat_timeout is None else started + beat_timeout)
+                          None if beat_timeout is None else started + beat_timeout, beat_timeout,
+                          min(HEARTBEAT_FLUSH_MAX_SECONDS, (beat_timeout or timeout) / 3))
         ctx._beat = lambda details: self._beat(running, details)
         output: bytes | None = None
         error: str | None = None
@@ -221,31 +227,41 @@ class ActivityRunner:
     # -- heartbeats -------------------------------------------------------------
 
     def _beat(self, running: Running, details: Any) -> bool:
-        """ctx.heartbeat(): keep the details, move the heartbeat deadline, and
-        at most every few seconds tell the database (extending the lease).
-        False when the lease is no longer ours."""
-        running.details = codec.encode(details, "heartbeat details")
+        """ctx.heartbeat(): keep the details and move the heartbeat deadline;
+        tell the database (which extends the lease) at most a few times per
+        heartbeat timeout, the watchdog sending details left pending. False
+        when the lease is no longer ours."""
+        data = codec.encode(details, "heartbeat details")
         now = time.monotonic()
-        definition = running.definition
-        beat_timeout = definition.heartbeat_timeout_seconds if definition is not None else None
-        if beat_timeout is not None:
-            running.beat_deadline = now + beat_timeout
-        flush_every = min(HEARTBEAT_FLUSH_MAX_SECONDS, (beat_timeout or running.deadline - running.started) / 3)
-        if now - running.flushed_at < flush_every:
-            return not running.ended
-        running.flushed_at = now
-        timeout = running.deadline - running.started
+        with running.lock:
+            running.details, running.pending = data, True
+            if running.beat_timeout is not None:
+                running.beat_deadline = now + running.beat_timeout
+            flush = now >= running.flushed_at + running.flush_every
+        if flush:
+            self._flush(running)
+        elif running.pending:
+            self._rewatch(running)  # the watchdog sends it by the flush time
+        return not running.ended and running.held
+
+    def _flush(self, running: Running) -> None:
+        """Send an attempt's pending heartbeat; a lease found taken cancels it."""
+        with running.lock:
+            running.flushed_at, running.pending, details = time.monotonic(), False, running.details
+        beat_timeout = running.beat_timeout
         try:
             with self.pool.connection() as conn:
                 held = store.heartbeat_activity(
-                    conn, running.task, self.owner, running.details,
+                    conn, running.task, self.owner, details or b"null",
                     None if beat_timeout is None else beat_timeout + LEASE_GRACE_SECONDS,
-                    timeout + LEASE_GRACE_SECONDS,
+                    running.deadline - running.started + LEASE_GRACE_SECONDS,
                 )
         except store.TRANSIENT_ERRORS as exc:  # the lease still runs; the next beat tries again
             log.warning("activity-heartbeat-failed name=%s error=%s", running.task.name, type(exc).__name__)
-            return not running.ended
-        return held and not running.ended
+            return
+        if not held:
+            running.held = False
+            running.ctx._cancelled.set()
 
     # -- the watchdog -------------------------------------------------------------
 
@@ -255,9 +271,22 @@ class ActivityRunner:
             heapq.heappush(self._watch, (self._deadline_of(running), self._watch_seq, running))
             self._watch_cond.notify()
 
+    def _rewatch(self, running: Running) -> None:
+        with self._watch_cond:
+            self._watch_seq += 1
+            heapq.heappush(self._watch, (self._deadline_of(running), self._watch_seq, running))
+            self._watch_cond.notify()
+
     @staticmethod
     def _deadline_of(running: Running) -> float:
-        return running.deadline if running.beat_deadline is None else min(running.deadline, running.beat_deadline)
+        """When the watchdog looks at an attempt next: its timeout, its
+        heartbeat deadline, or when its pending heartbeat is to be sent."""
+        at = running.deadline
+        if running.beat_deadline is not None:
+            at = min(at, running.beat_deadline)
+        if running.pending:
+            at = min(at, running.flushed_at + running.flush_every)
+        return at
 
     def _watchdog_loop(self) -> None:
         """Record attempts that run past their timeout or stop beating."""
@@ -278,7 +307,13 @@ class ActivityRunner:
                     self._watch_seq += 1
                     heapq.heappush(self._watch, (deadline, self._watch_seq, running))
                     continue
-            self._time_out(running)
+            now = time.monotonic()
+            if now >= running.deadline or (running.beat_deadline is not None and now >= running.beat_deadline):
+                self._time_out(running)
+            elif running.pending:
+                self._flush(running)
+                if not running.ended:
+                    self._rewatch(running)
 
     def _time_out(self, running: Running) -> None:
         if not running.end():

@@ -49,9 +49,28 @@ class Execution(msgspec.Struct, frozen=True):
     created: bool = True  # False when start() found the id already started
 
 
+class ActivityStatus(msgspec.Struct, frozen=True):
+    """The activity a running workflow waits for: its attempts so far
+    (``failed_attempts`` of ``max_attempts``), when the current or last one
+    started, the last error, when the next attempt is due, and its last
+    heartbeat (time and details)."""
+
+    id: UUID
+    name: str
+    status: str
+    failed_attempts: int
+    max_attempts: int
+    started_at: datetime | None
+    error: str | None
+    next_retry_at: datetime | None
+    heartbeat_at: datetime | None
+    heartbeat_details: Any
+
+
 class WorkflowStatus(msgspec.Struct, frozen=True):
     """Where a workflow stands. ``waiting_for`` names what blocks it:
-    ``activity:<name>``, ``signal:<name>`` or ``timer``."""
+    ``activity:<name>``, ``signal:<name>`` or ``timer``; with an activity,
+    ``activity`` describes its attempts (from ``query`` only)."""
 
     id: UUID
     tenant_id: UUID
@@ -66,6 +85,7 @@ class WorkflowStatus(msgspec.Struct, frozen=True):
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    activity: ActivityStatus | None = None
 
 
 def parse_uuid(value: object, what: str = "workflow_id") -> UUID:
@@ -234,7 +254,21 @@ class Engine:
     def query(self, workflow_name: str, workflow_id: object, *, tenant_id: object = None) -> WorkflowStatus:
         """The workflow's current status (``WorkflowNotFound`` if this tenant has no such workflow)."""
         name = _base_name(workflow_name)
-        return self._status(name, self._row(name, parse_uuid(workflow_id), _tenant(tenant_id)))
+        wid = parse_uuid(workflow_id)
+        shard = self.shard_of(name, wid)
+        with store.wrapped(), self.connection() as c:
+            row = store.get_workflow(c, shard, wid, _tenant(tenant_id))
+            if row is None:
+                raise WorkflowNotFound(f"no workflow {name}/{wid}")
+            waiting = row.waiting_for or ""
+            activity = store.waited_activity(c, shard, wid) if waiting.startswith("activity:") else None
+        status = self._status(name, row)
+        if activity is None:
+            return status
+        return msgspec.structs.replace(status, activity=ActivityStatus(
+            activity.id, activity.name, activity.status, activity.attempt, activity.max_attempts, activity.started_at,
+            activity.error, activity.next_retry_at, activity.heartbeat_at, codec.decode(activity.heartbeat_details),
+        ))
 
     def _status(self, name: str, row: store.WorkflowRow) -> WorkflowStatus:
         definition = find_workflow(name, row.version)

@@ -222,6 +222,30 @@ def get_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID | No
     )
 
 
+class ActivityRow(msgspec.Struct, frozen=True):
+    id: UUID
+    name: str
+    status: str
+    attempt: int
+    max_attempts: int
+    started_at: datetime | None
+    error: str | None
+    next_retry_at: datetime | None
+    heartbeat_at: datetime | None
+    heartbeat_details: str | None
+
+
+def waited_activity(conn: Conn, shard: str, workflow_id: UUID) -> ActivityRow | None:
+    """The workflow's latest activity that has not ended (scheduled or running)."""
+    row = conn.execute(
+        "SELECT id, name, status, attempt, max_attempts, started_at, error, next_retry_at, heartbeat_at,"
+        " heartbeat_details::text FROM activities WHERE workflow_name = %s AND workflow_id = %s"
+        " AND status IN ('scheduled', 'running') ORDER BY sequence_num DESC LIMIT 1",
+        (shard, workflow_id),
+    ).fetchone()
+    return None if row is None else ActivityRow(*row)
+
+
 def workflow_tenant_and_status(
     conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID | None, *, lock: str = "SHARE"
 ) -> tuple[UUID, str, str | None] | None:

@@ -140,5 +140,18 @@ def slow_replay(ctx: flows.WorkflowContext, marker: str) -> str:
     return first + " then finished"
 
 
-ALL_WORKFLOWS = [three_steps, flaky_workflow, broken_workflow, sleeper, hold, documents, slow_replay]
-ALL_ACTIVITIES = [record, flaky, broken, slow]
+@flows.activity("t-long", timeout=300.0)  # a lease far longer than any test waits
+def long_running(ctx: flows.ActivityContext, seconds: float) -> str:
+    ledger(ctx.idempotency_key, ctx.attempt, f"started pid={os.getpid()}")
+    hang_if("long")
+    time.sleep(seconds)
+    return f"ran {seconds}s in pid {os.getpid()}"
+
+
+@flows.workflow("t-long")
+def long_workflow(ctx: flows.WorkflowContext, seconds: float) -> str:
+    return ctx.activity(long_running, seconds)
+
+
+ALL_WORKFLOWS = [three_steps, flaky_workflow, broken_workflow, sleeper, hold, documents, slow_replay, long_workflow]
+ALL_ACTIVITIES = [record, flaky, broken, slow, long_running]

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from typing import Any, Callable, Iterator
 
 import psycopg
@@ -5,6 +8,7 @@ import pytest
 
 from flows import Worker
 from tests import engine_app
+from tests.conftest import ROOT
 
 
 @pytest.fixture
@@ -17,3 +21,26 @@ def ledger(db: psycopg.Connection[Any], db_url: str, monkeypatch: pytest.MonkeyP
 @pytest.fixture
 def worker(start_worker: Callable[..., Worker], ledger: Any) -> Iterator[Worker]:
     yield start_worker(engine_app.ALL_WORKFLOWS, engine_app.ALL_ACTIVITIES)
+
+
+Spawn = Callable[..., subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def spawn_worker() -> Iterator[Spawn]:
+    """Start ``flows worker --app tests.engine_app`` processes; kill leftovers after the test."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(url: str, **env: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "worker", "--app", "tests.engine_app"],
+            cwd=ROOT, env={**os.environ, "DATABASE_URL": url, "FLOWS_LOG_LEVEL": "WARNING", **env},
+        )
+        procs.append(proc)
+        return proc
+
+    yield spawn
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)

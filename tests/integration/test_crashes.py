@@ -19,27 +19,7 @@ from tests import engine_app
 from tests.conftest import ROOT
 from tests.engine_app import Job, documents, slow_replay, three_steps
 
-Spawn = Callable[..., subprocess.Popen[bytes]]
-
-
-@pytest.fixture
-def spawn_worker() -> Iterator[Spawn]:
-    """Start ``flows worker --app tests.engine_app`` processes; kill leftovers after the test."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(url: str, **env: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "worker", "--app", "tests.engine_app"],
-            cwd=ROOT, env={**os.environ, "DATABASE_URL": url, "FLOWS_LOG_LEVEL": "WARNING", **env},
-        )
-        procs.append(proc)
-        return proc
-
-    yield spawn
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+from tests.integration.conftest import Spawn
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 15.0) -> Any:
