@@ -189,10 +189,17 @@ class Engine:
     ) -> Execution:
         """Start ``workflow`` with ``inp``.
 
-        With ``conn`` (an open psycopg connection) the start is part of the
-        caller's transaction: committed or rolled back with the caller's own
-        writes. With ``workflow_id`` the start is idempotent: starting an id
-        that exists returns that execution (``created=False``)."""
+        With ``conn`` (an open psycopg connection of the caller's) the start
+        joins the caller's transaction, whatever ran on it before, and is
+        committed or rolled back with the caller's own writes: start never
+        commits or rolls back the caller's work. It writes in a savepoint,
+        so a refused start (an exception) leaves the caller's transaction
+        usable. On an autocommit connection outside ``conn.transaction()``
+        it commits at once, in a transaction of its own. Without ``conn``
+        it uses the engine's pool and commits at once.
+
+        With ``workflow_id`` the start is idempotent: starting an id that
+        exists returns that execution (``created=False``)."""
         if not isinstance(workflow, WorkflowDefinition):
             raise InvalidInput(f"start() takes a @flows.workflow, not {workflow!r}")
         data = codec.encode(inp, "input")
@@ -202,7 +209,7 @@ class Engine:
         shard = self.shard_of(workflow.name, wid)
 
         def insert(c: Any) -> Execution:
-            with c.transaction():
+            with store.within_callers_transaction(c):
                 created = store.insert_workflow(
                     c, shard=shard, workflow_id=wid, tenant_id=tenant, version=workflow.version, input=data,
                     event_id=uuid6.uuid7(), task_id=uuid6.uuid7(),

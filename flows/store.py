@@ -105,6 +105,29 @@ def ping(conn: Conn) -> None:
     conn.execute("SELECT 1").fetchone()
 
 
+@contextmanager
+def within_callers_transaction(conn: Conn) -> Iterator[None]:
+    """A block of writes that joins whatever transaction the caller has open
+    on ``conn`` and never ends it, failing alone (psycopg's transaction
+    contexts, docs/basic/transactions.rst):
+
+    - a transaction is open (a non-autocommit connection after a statement,
+      or inside ``conn.transaction()``): a savepoint, released at the end,
+      or rolled back to on an error so that the caller's transaction stays
+      usable;
+    - a non-autocommit connection that is idle: its implicit transaction is
+      opened first, as the caller's own next statement would open it, so
+      the block is a savepoint in it and the caller's commit() or
+      rollback() decides (``conn.transaction()`` alone would be an outermost
+      block that COMMITs on exit);
+    - an autocommit connection outside any transaction: a transaction of
+      the block's own, committed at its end."""
+    if not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        conn.execute("SELECT 1")  # psycopg sends its BEGIN first
+    with conn.transaction():
+        yield
+
+
 # What a wake-up announces (the NOTIFY payload), so a worker claims only that
 # kind of task: a replay (workflow and timer tasks) or an activity; ANY_WORK
 # (the empty payload) claims both.

@@ -132,23 +132,6 @@ def test_starting_with_the_same_id_twice_returns_the_first_execution(engine: Eng
     assert rows(db, "SELECT count(*) FROM task_queue")[0][0] == 1
 
 
-def test_a_start_inside_the_callers_transaction_rolls_back_with_it(engine: Engine, db_url: str, db: Any) -> None:
-    with psycopg.connect(db_url) as conn:
-        conn.execute("CREATE TABLE orders (id int)")
-        conn.commit()
-        conn.execute("INSERT INTO orders VALUES (1)")
-        engine.start(documents, ["a"], conn=conn)
-        conn.rollback()
-        assert rows(db, "SELECT count(*) FROM workflows")[0][0] == 0
-        assert rows(db, "SELECT count(*) FROM history_events")[0][0] == 0
-        assert rows(db, "SELECT count(*) FROM task_queue")[0][0] == 0
-        conn.execute("INSERT INTO orders VALUES (2)")
-        run = engine.start(documents, ["a"], conn=conn)
-        conn.commit()
-    assert engine.query(run.workflow_name, run.workflow_id).status == "running"
-    assert rows(db, "SELECT id FROM orders") == [(2,)]
-
-
 def test_another_tenant_cannot_see_or_touch_a_workflow(engine: Engine) -> None:
     tenant_a, tenant_b = "00000000-0000-7000-8000-00000000000a", "00000000-0000-7000-8000-00000000000b"
     run = engine.start(documents, ["a"], tenant_id=tenant_a)
