@@ -164,7 +164,9 @@ class Engine:
         self.close()
 
     def migrate(self) -> list[str]:
-        """Apply pending migrations; safe to run from several processes at once."""
+        """Apply pending migrations (all or none); safe to run from several
+        processes at once. Raises MigrationChanged, naming the files and
+        applying nothing, when a file changed after it was applied."""
         from flows import migrate
 
         with store.wrapped():

@@ -63,6 +63,15 @@ class ActivityCancelled(FlowsError):
     taken): the activity should stop."""
 
 
+class MigrationChanged(FlowsError):
+    """A migration file changed after it was applied to the database;
+    ``files`` names them. Nothing was migrated."""
+
+    def __init__(self, message: str, *, files: list[str]) -> None:
+        super().__init__(message)
+        self.files = files
+
+
 class DatabaseError(FlowsError):
     """The database refused or lost a statement (wraps psycopg.Error)."""
 

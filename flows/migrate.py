@@ -1,47 +1,142 @@
 """Apply ``migrations/*.sql`` once each, in name order, recorded in a table.
 
+``flows_schema_migrations`` records each applied file's name and the sha256
+of its bytes. A file applied once must never change (the database would not
+hold what the file now says): a changed one is refused, by name, before
+anything runs. A table left by a release that recorded no checksums gains
+the column, and its rows take the current files' checksums.
+
 Safe when several processes migrate at once: a transaction-level advisory
 lock serialises them, and the second finds nothing left to do.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+
+from flows.errors import ConfigurationError, MigrationChanged
 
 log = logging.getLogger("flows.migrate")
 
 MIGRATIONS_DIR = Path(os.environ.get("FLOWS_MIGRATIONS_DIR") or Path(__file__).resolve().parent.parent / "migrations")
 _LOCK_KEY = 0x666C6F7773  # "flows"
+TABLE = "flows_schema_migrations"
 
 
-def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
-    return sorted(directory.glob("*.sql"))
+def migration_files(directory: Path | None = None) -> list[Path]:
+    """The migration files in name order; ConfigurationError if there are none."""
+    directory = directory or MIGRATIONS_DIR
+    found = sorted(directory.glob("*.sql"))
+    if not found:
+        raise ConfigurationError(f"no migration files (*.sql) in {directory} (FLOWS_MIGRATIONS_DIR)")
+    return found
 
 
-def apply(conn: psycopg.Connection, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Apply what is pending on ``conn`` (not in a transaction); return the names applied."""
+def checksum(path: Path) -> str:
+    """The sha256 of a file's bytes, as recorded when it is applied."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Status:
+    """How a database's applied migrations compare with the files."""
+
+    pending: list[str]  # files not applied yet, in order
+    changed: list[str]  # applied files whose bytes differ from what was applied
+    unchecked: list[str]  # applied files with no checksum recorded yet (an older release applied them)
+
+
+def _table_state(conn: psycopg.Connection) -> str:
+    """``absent``, ``unchecked`` (a table without the checksum column, as
+    releases before checksums left it) or ``current``."""
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute"
+        " WHERE attrelid = to_regclass(%s) AND attname = 'checksum' AND NOT attisdropped)",
+        (TABLE, TABLE),
+    ).fetchone()
+    assert row is not None
+    return "current" if row[1] else "unchecked" if row[0] else "absent"
+
+
+def _compare(conn: psycopg.Connection, files: dict[str, str]) -> tuple[Status, str]:
+    state = _table_state(conn)
+    recorded: dict[str, str | None] = {}
+    if state == "current":
+        recorded = dict(conn.execute(f"SELECT name, checksum FROM {TABLE}").fetchall())
+    elif state == "unchecked":
+        recorded = {name: None for (name,) in conn.execute(f"SELECT name FROM {TABLE}")}
+    # Applied names without a file are left alone: a newer release's files,
+    # or ones an older release folded into another.
+    return Status(
+        pending=[name for name in files if name not in recorded],
+        changed=[name for name, digest in recorded.items() if digest is not None and files.get(name, digest) != digest],
+        unchecked=[name for name, digest in recorded.items() if digest is None and name in files],
+    ), state
+
+
+def _refuse(changed: list[str], directory: Path) -> MigrationChanged:
+    names = ", ".join(str(directory / name) for name in changed)
+    return MigrationChanged(
+        f"applied migration file(s) changed since they were applied to this database: {names}."
+        " A migration file must never change once applied: restore it as it was released"
+        " (e.g. `git checkout <release> -- migrations/<file>`) and put the change in a new file",
+        files=changed,
+    )
+
+
+def status(conn: psycopg.Connection, directory: Path | None = None) -> Status:
+    """Compare the database with the files, writing nothing (for a check at start-up)."""
+    directory = directory or MIGRATIONS_DIR
+    return _compare(conn, {p.name: checksum(p) for p in migration_files(directory)})[0]
+
+
+def check(conn: psycopg.Connection, directory: Path | None = None) -> list[str]:
+    """Raise MigrationChanged naming every applied file that changed; return
+    the files still pending (an empty list: the database is up to date)."""
+    directory = directory or MIGRATIONS_DIR
+    found = status(conn, directory)
+    if found.changed:
+        raise _refuse(found.changed, directory)
+    return found.pending
+
+
+def apply(conn: psycopg.Connection, directory: Path | None = None) -> list[str]:
+    """Apply what is pending on ``conn`` (not in a transaction), all or
+    nothing; return the names applied. Raises MigrationChanged, having run
+    nothing, when an applied file changed."""
+    directory = directory or MIGRATIONS_DIR
+    texts = {p.name: p.read_bytes() for p in migration_files(directory)}
+    files = {name: hashlib.sha256(text).hexdigest() for name, text in texts.items()}
     applied: list[str] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS flows_schema_migrations ("
-            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {row[0] for row in conn.execute("SELECT name FROM flows_schema_migrations")}
-        for path in migration_files(directory):
-            if path.name in done:
-                continue
-            conn.execute(path.read_text().encode())  # trusted files of ours, many statements
-            conn.execute("INSERT INTO flows_schema_migrations (name) VALUES (%s)", (path.name,))
-            log.info("migrated name=%s", path.name)
-            applied.append(path.name)
+        found, state = _compare(conn, files)
+        if found.changed:
+            raise _refuse(found.changed, directory)
+        if state == "absent":
+            conn.execute(
+                f"CREATE TABLE {TABLE} (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now(),"
+                " checksum text)"  # sha256 hex of the file's bytes; NULL only for a row no file matches
+            )
+        elif state == "unchecked":
+            conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN checksum text")
+            log.info("migrations-table-upgraded table=%s", TABLE)
+        for name in found.unchecked:  # applied before checksums existed: trust today's file
+            conn.execute(f"UPDATE {TABLE} SET checksum = %s WHERE name = %s", (files[name], name))
+        for name in found.pending:
+            conn.execute(texts[name])  # trusted files of ours, many statements
+            conn.execute(f"INSERT INTO {TABLE} (name, checksum) VALUES (%s, %s)", (name, files[name]))
+            log.info("migrated name=%s", name)
+            applied.append(name)
     return applied
 
 
-def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+def migrate(dsn: str, directory: Path | None = None) -> list[str]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return apply(conn, directory)

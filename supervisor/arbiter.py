@@ -24,8 +24,8 @@ import socket
 import time
 from dataclasses import dataclass
 
-from flows import sharding, store
-from flows.errors import DatabaseError
+from flows import migrate, sharding, store
+from flows.errors import DatabaseError, FlowsError
 from supervisor import child as childproc
 from supervisor.child import Ready, WorkerSpec
 from supervisor.exits import EXIT_BOOT_ERROR, EXIT_DATABASE, EXIT_OK, ChildExit, classify, signal_name
@@ -380,12 +380,13 @@ class Arbiter:
 
     def _check_database(self) -> bool:
         """Wait a little for the database at start-up; refuse to start
-        without it, or without the fleet's migrations."""
+        without it, with migrations pending, or when a migration file
+        changed after it was applied."""
         deadline = time.monotonic() + STARTUP_DB_WAIT_SECONDS
         while True:
             try:
                 with store.wrapped():
-                    ready = store.fleet_schema_ready(self._conn())
+                    pending = migrate.check(self._conn())
                 break
             except DatabaseError as exc:
                 self._close_db()
@@ -393,8 +394,11 @@ class Arbiter:
                     log.error("database-unreachable error=%s", exc)
                     return False
                 time.sleep(0.5)
-        if not ready:
-            log.error("database-not-migrated: run `flows migrate` first")
+            except FlowsError as exc:  # a changed migration file, or none found
+                log.error("database-migrations-refused error=%s", exc)
+                return False
+        if pending:
+            log.error("database-not-migrated: run `flows migrate` first (pending: %s)", ", ".join(pending))
             return False
         self._db_ok_since = time.monotonic()
         return True

@@ -15,7 +15,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1  # an unexpected error
 EXIT_USAGE = 2  # bad arguments (argparse's own code)
 EXIT_BOOT_ERROR = 3  # a worker cannot boot: the app does not import, or defines nothing to run
-EXIT_DATABASE = 4  # at start-up the database was unreachable, or not migrated
+EXIT_DATABASE = 4  # at start-up the database was unreachable, not migrated, or a migration file changed
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,18 @@ def db_url(template_db: str, worker_id: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def blank_url(worker_id: str) -> Iterator[str]:
+    """An empty database (not migrated) for this test alone."""
+    name = f"flows_blank_{os.environ[RUN_ENV]}_{worker_id}_{next(_counter)}"
+    with _admin() as conn:
+        _drop(conn, name)
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield _url(name)
+    with _admin() as conn:
+        _drop(conn, name)
+
+
+@pytest.fixture
 def private_server() -> Iterator[tuple[Path, str]]:
     """A migrated PostgreSQL server of this test's own, free to stop and
     restart. Its data folder is outside pytest's tmp_path, which another

@@ -191,6 +191,33 @@ def test_no_database_at_start_up_exits_4(tmp_path: Path, fleets: Callable[..., F
     assert not fleet.matches(SPAWN)
 
 
+def _migrations_copy(tmp_path: Path) -> Path:
+    directory = tmp_path / "migrations"
+    shutil.copytree(migrate.MIGRATIONS_DIR, directory)
+    return directory
+
+
+def test_a_migration_file_changed_since_it_was_applied_exits_4_naming_it(
+    db_url: str, tmp_path: Path, fleets: Callable[..., Fleet]
+) -> None:
+    directory = _migrations_copy(tmp_path)
+    with (directory / "005_step_functions.sql").open("a") as f:
+        f.write("-- edited after release\n")
+    fleet = fleets(db_url, FLOWS_MIGRATIONS_DIR=str(directory))
+    assert fleet.wait() == 4, fleet.log()
+    assert "database-migrations-refused" in fleet.log() and str(directory / "005_step_functions.sql") in fleet.log()
+    assert "Traceback" not in fleet.log() and not fleet.matches(SPAWN)
+
+
+def test_pending_migrations_exit_4_naming_them(db_url: str, tmp_path: Path, fleets: Callable[..., Fleet]) -> None:
+    directory = _migrations_copy(tmp_path)
+    (directory / "999_later.sql").write_text("CREATE TABLE later (id int);\n")
+    fleet = fleets(db_url, FLOWS_MIGRATIONS_DIR=str(directory))
+    assert fleet.wait() == 4, fleet.log()
+    assert "database-not-migrated: run `flows migrate` first (pending: 999_later.sql)" in fleet.log()
+    assert not fleet.matches(SPAWN)
+
+
 def test_an_unmigrated_database_exits_4(db_url: str, fleets: Callable[..., Fleet]) -> None:
     name = f"{conninfo_to_dict(db_url)['dbname']}_empty"
     with _admin() as conn:

@@ -3,31 +3,16 @@ with the shard key leading every primary key and index."""
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
-import pytest
-from psycopg import sql
 
 from flows import migrate
-from tests.conftest import ADMIN_URL_ENV, RUN_ENV, _url
 
 TABLES = {"workflows": "name", "activities": "workflow_name", "history_events": "workflow_name",
           "timers": "workflow_name", "signals": "workflow_name", "task_queue": "workflow_name",
           "dead_letter_queue": "workflow_name"}
-
-
-@pytest.fixture
-def blank_url(worker_id: str) -> Iterator[str]:
-    name = f"flows_blank_{os.environ[RUN_ENV]}_{worker_id}"
-    with psycopg.connect(os.environ[ADMIN_URL_ENV], autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield _url(name)
-    with psycopg.connect(os.environ[ADMIN_URL_ENV], autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def test_concurrent_migrations_apply_each_file_exactly_once(blank_url: str) -> None:
@@ -37,7 +22,8 @@ def test_concurrent_migrations_apply_each_file_exactly_once(blank_url: str) -> N
     assert sorted(name for applied in results for name in applied) == files
     assert migrate.migrate(blank_url) == []
     with psycopg.connect(blank_url) as conn:
-        assert [n for (n,) in conn.execute("SELECT name FROM flows_schema_migrations ORDER BY name")] == files
+        assert conn.execute("SELECT name, checksum FROM flows_schema_migrations ORDER BY name").fetchall() == [
+            (p.name, migrate.checksum(p)) for p in migrate.migration_files()]
 
 
 def test_every_primary_key_and_index_leads_with_the_shard_key(db: psycopg.Connection[Any]) -> None:
