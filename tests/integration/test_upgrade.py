@@ -42,7 +42,9 @@ EXPECTED: dict[str, Any] = {
     "rel-second-signal": ["passport", "payslip"],  # the first consumed before the upgrade
     "rel-activity-pending": {"doubled": 42, "note": "a note from before the upgrade"},
     "rel-lost-lease": "echo from a dead worker",
-    "rel-retry": "flaky call on attempt 1",
+    # The second attempt, numbered as today's code numbers attempts (from 1;
+    # the release numbered them from 0, and its attempt 0 failed).
+    "rel-retry": "flaky call on attempt 2",
     "rel-step-done": [10, 20],
     "rel-fired-timer": {"label": "slept", "resumed": "resumed after the upgrade"},
     "rel-completed": {"answer": 42},
