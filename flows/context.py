@@ -10,7 +10,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, NoReturn, Sequence, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -67,7 +67,7 @@ class Outcome:
     """What one replay decided: new commands, and where the workflow stands."""
 
     commands: list[Command]
-    status: str  # running | completed | failed
+    status: str  # running | completed | failed | continued (output: the next run's input)
     last_seq: int
     waiting_for: str | None = None
     output: bytes | None = None
@@ -122,20 +122,35 @@ class ActivityContext:
 
 @dataclass
 class WorkflowContext:
-    """Handed to workflow code; each call takes the next sequence number."""
+    """Handed to workflow code; each call takes the next sequence number.
+
+    A call that must wait (an activity running, no signal yet, a timer
+    pending) goes through ``_wait_until``: in a replay it suspends the code
+    (an internal exception unwinds it; the next replay starts over), and in
+    a workflow kept in memory (``flows.continuation``) it parks the code's
+    thread until the worker brings the history up to date."""
 
     workflow_id: UUID
     workflow_name: str
     tenant_id: UUID
-    _steps: dict[int, history.Step]
+    _fold: history.Fold
     _signals: dict[str, list[PendingSignal]]
     _db_now: datetime
-    _patches: set[str] = field(default_factory=set)
-    _last_step: int = 0  # the last step the history records
+    _seq: int = 0  # the last step taken; a run's steps follow its step base
     commands: list[Command] = field(default_factory=list)
-    _seq: int = 0
     _suspended: Suspend | None = None
     _diverged: NonDeterminismError | None = None
+    _parker: Callable[[str], None] | None = None  # set while kept in memory
+
+    @property
+    def _steps(self) -> dict[int, history.Step]:
+        return self._fold.steps
+
+    @property
+    def history_length(self) -> int:
+        """How many history events this run has recorded so far: bounded by
+        FLOWS_HISTORY_LIMIT; call ``continue_as_new`` well before it."""
+        return self._fold.events
 
     def _next(self, kind: str, name: str) -> history.Step | None:
         self._seq += 1
@@ -149,22 +164,33 @@ class WorkflowContext:
             raise self._diverged
         return step
 
-    def _suspend(self, waiting_for: str) -> Suspend:
-        self._suspended = Suspend(waiting_for)
-        return self._suspended
+    def _wait_until(self, waiting_for: str, ready: Callable[[], T | None]) -> T:
+        """``ready()``'s value once it is not None; until then the workflow
+        waits for ``waiting_for`` (suspended, or parked in memory)."""
+        while True:
+            value = ready()
+            if value is not None:
+                return value
+            self._suspended = Suspend(waiting_for)
+            if self._parker is None:
+                raise self._suspended
+            self._parker(waiting_for)
+            self._suspended = None
+
+    def _done_step(self, seq: int) -> history.Step | None:
+        step = self._steps.get(seq)
+        return step if step is not None and step.done else None
 
     def activity(self, act: ActivityDefinition[Any, T], inp: Any = None) -> T:
         """Run ``act`` (at least once) and return its output, or raise
         ``ActivityFailed`` once its retries are spent."""
         if not isinstance(act, ActivityDefinition):
             raise InvalidInput(f"ctx.activity() takes an @flows.activity, not {act!r}")
-        step = self._next("activity", act.name)
-        if step is None:
+        if self._next("activity", act.name) is None:
             data = codec.encode(inp, f"input of activity {act.name}")
             self.commands.append(ScheduleActivity(self._seq, act, uuid6.uuid7(), data))
-            raise self._suspend(f"activity:{act.name}")
-        if not step.done:
-            raise self._suspend(f"activity:{act.name}")
+        seq = self._seq
+        step = self._wait_until(f"activity:{act.name}", lambda: self._done_step(seq))
         if isinstance(step.value, history.ActivityFailed):
             raise ActivityFailed(act.name, step.value.error, step.value.attempts)
         return codec.decode(step.value.output, act.output_type)  # type: ignore[no-any-return]
@@ -177,24 +203,25 @@ class WorkflowContext:
         step = self._next("signal", name)
         if step is not None:
             return codec.decode(step.value.payload, type)
-        queue = self._signals.get(name)
-        if not queue:
-            raise self._suspend(f"signal:{name}")
-        signal = queue.pop(0)
-        self.commands.append(ConsumeSignal(self._seq, signal))
+        seq = self._seq
+
+        def oldest() -> PendingSignal | None:
+            queue = self._signals.get(name)
+            return queue.pop(0) if queue else None
+
+        signal = self._wait_until(f"signal:{name}", oldest)
+        self.commands.append(ConsumeSignal(seq, signal))
         return codec.decode(signal.payload, type)
 
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` on a durable timer, measured by the database clock."""
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
             raise InvalidInput(f"sleep needs a number of seconds >= 0, got {seconds!r}")
-        step = self._next("timer", "")
-        if step is None:
+        if self._next("timer", "") is None:
             fire_at = self._db_now + timedelta(seconds=seconds)
             self.commands.append(StartTimer(self._seq, uuid6.uuid7(), fire_at, float(seconds)))
-            raise self._suspend("timer")
-        if not step.done:
-            raise self._suspend("timer")
+        seq = self._seq
+        self._wait_until("timer", lambda: self._done_step(seq))
 
     def random(self, n: int) -> bytes:
         """``n`` random bytes, drawn once and the same on every replay."""
@@ -242,20 +269,90 @@ class WorkflowContext:
         the new path and delete the call (the recorded markers are ignored)."""
         if not isinstance(patch_id, str) or not patch_id or len(patch_id) > 200 or "\0" in patch_id:
             raise InvalidInput(f"patch_id must be a non-empty string of <= 200 chars without NUL, got {patch_id!r}")
-        if patch_id in self._patches:
+        if patch_id in self._fold.patches:
             return True
-        if self._seq < self._last_step:  # replaying steps recorded without the patch
+        if self._seq < self._fold.last_step:  # replaying steps recorded without the patch
             return False
-        self._patches.add(patch_id)
+        self._fold.patches.add(patch_id)
         self.commands.append(RecordEvent(self._seq, history.Patched(patch_id)))
         return True
+
+    def continue_as_new(self, inp: Any = None) -> NoReturn:
+        """End this run and start the workflow afresh, under the same id, with
+        ``inp`` and an empty history: the way for a workflow that runs for
+        ever (a daily timer, a polling loop) to keep each step cheap and stay
+        under FLOWS_HISTORY_LIMIT. Signals not yet consumed carry over;
+        ``query``, ``result`` and ``send_signal`` keep working with the id;
+        the earlier runs' history stays readable until pruned. Never returns."""
+        raise ContinueAsNew(codec.encode(inp, "input of continue_as_new"))
 
     def _record(self, event: msgspec.Struct) -> None:
         self.commands.append(RecordEvent(self._seq, event))
 
 
+class ContinueAsNew(BaseException):
+    """Internal: ``ctx.continue_as_new`` unwinding the workflow code."""
+
+    def __init__(self, input: bytes) -> None:
+        super().__init__("continue as new")
+        self.input = input
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def new_context(
+    *, workflow_id: UUID, workflow_name: str, tenant_id: UUID, events: Sequence[tuple[int, str, str | bytes]],
+    signals: list[PendingSignal], db_now: datetime, step_base: int = 0,
+) -> WorkflowContext:
+    """A context replaying ``events`` (a run's history: steps after
+    ``step_base``); raises what an unreadable history raises."""
+    return WorkflowContext(workflow_id, workflow_name, tenant_id, history.Fold().add(events), pending(signals),
+                           db_now, step_base)
+
+
+def pending(signals: Sequence[PendingSignal]) -> dict[str, list[PendingSignal]]:
+    """Unconsumed signals by name, oldest first."""
+    by_name: dict[str, list[PendingSignal]] = {}
+    for signal in signals:
+        by_name.setdefault(signal.name, []).append(signal)
+    return by_name
+
+
+def run_code(definition: WorkflowDefinition[Any, Any], ctx: WorkflowContext, input: str | bytes | None) -> Outcome:
+    """Run workflow code with ``ctx`` until it returns, raises or waits, and
+    say what it decided; never raises for anything the workflow code does
+    (but ReplayOverBudget, KeyboardInterrupt and SystemExit pass)."""
+    try:
+        inp = codec.decode(input, definition.input_type)
+        result = definition.fn(ctx, inp)
+    except Suspend:
+        pass
+    except ContinueAsNew as cont:
+        if ctx._diverged is None:
+            return Outcome(ctx.commands, "continued", ctx._seq, output=cont.input)
+    except BaseException as exc:  # noqa: BLE001 - workflow code may raise anything
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, ReplayOverBudget)):
+            raise
+        if ctx._diverged is None and ctx._suspended is None:
+            return Outcome(ctx.commands, "failed", ctx._seq, error=_describe(exc))
+    else:
+        if ctx._diverged is None and ctx._suspended is None:
+            if ctx._fold.last_step > ctx._seq:
+                error = NonDeterminismError(
+                    f"the workflow returned after step {ctx._seq}, but history records step {ctx._fold.last_step}"
+                )
+                return Outcome(ctx.commands, "failed", ctx._seq, error=_describe(error))
+            try:
+                output = codec.encode(result, "workflow output")
+            except InvalidInput as exc:
+                return Outcome(ctx.commands, "failed", ctx._seq, error=_describe(exc))
+            return Outcome(ctx.commands, "completed", ctx._seq, output=output)
+    if ctx._diverged is not None:  # even if the workflow caught it
+        return Outcome([], "failed", ctx._seq, error=_describe(ctx._diverged))
+    assert ctx._suspended is not None
+    return Outcome(ctx.commands, "running", ctx._seq, waiting_for=ctx._suspended.waiting_for)
 
 
 def replay(
@@ -268,43 +365,13 @@ def replay(
     events: Sequence[tuple[int, str, str | bytes]],
     signals: list[PendingSignal],
     db_now: datetime,
+    step_base: int = 0,
 ) -> Outcome:
-    """Run the workflow from the top against ``events``; never raises for
-    anything the workflow code does."""
-    pending: dict[str, list[PendingSignal]] = {}
-    for signal in signals:
-        pending.setdefault(signal.name, []).append(signal)
+    """Run the workflow from the top against ``events`` (its run's history);
+    never raises for anything the workflow code does."""
     try:
-        folded = history.fold_steps(events)
+        ctx = new_context(workflow_id=workflow_id, workflow_name=workflow_name, tenant_id=tenant_id, events=events,
+                          signals=signals, db_now=db_now, step_base=step_base)
     except Exception as exc:  # a row this code cannot read: fail loudly, not forever
-        return Outcome([], "failed", 0, error=f"unreadable history: {_describe(exc)}")
-    steps = folded.steps
-    ctx = WorkflowContext(workflow_id, workflow_name, tenant_id, steps, pending, db_now, set(folded.patches),
-                          max(steps, default=0))
-    try:
-        inp = codec.decode(input, definition.input_type)
-        result = definition.fn(ctx, inp)
-    except Suspend:
-        pass
-    except BaseException as exc:  # noqa: BLE001 - workflow code may raise anything
-        if isinstance(exc, (KeyboardInterrupt, SystemExit, ReplayOverBudget)):
-            raise
-        if ctx._diverged is None and ctx._suspended is None:
-            return Outcome(ctx.commands, "failed", ctx._seq, error=_describe(exc))
-    else:
-        if ctx._diverged is None and ctx._suspended is None:
-            later = [s for s in steps if s > ctx._seq]
-            if later:
-                error = NonDeterminismError(
-                    f"the workflow returned after step {ctx._seq}, but history records step {max(later)}"
-                )
-                return Outcome(ctx.commands, "failed", ctx._seq, error=_describe(error))
-            try:
-                output = codec.encode(result, "workflow output")
-            except InvalidInput as exc:
-                return Outcome(ctx.commands, "failed", ctx._seq, error=_describe(exc))
-            return Outcome(ctx.commands, "completed", ctx._seq, output=output)
-    if ctx._diverged is not None:  # even if the workflow caught it
-        return Outcome([], "failed", ctx._seq, error=_describe(ctx._diverged))
-    assert ctx._suspended is not None
-    return Outcome(ctx.commands, "running", ctx._seq, waiting_for=ctx._suspended.waiting_for)
+        return Outcome([], "failed", step_base, error=f"unreadable history: {_describe(exc)}")
+    return run_code(definition, ctx, input)

@@ -16,6 +16,7 @@ import msgspec
 
 class WorkflowStarted(msgspec.Struct, frozen=True):
     version: int = 1
+    run: int = 1
 
 
 class ActivityScheduled(msgspec.Struct, frozen=True):
@@ -91,6 +92,12 @@ class WorkflowCancelled(msgspec.Struct, frozen=True):
     reason: str = "cancelled"
 
 
+class WorkflowContinuedAsNew(msgspec.Struct, frozen=True):
+    """The run ended by ``ctx.continue_as_new``; the next starts with ``input``."""
+
+    input: msgspec.Raw = msgspec.Raw(b"null")
+
+
 class Patched(msgspec.Struct, frozen=True):
     """``ctx.patched(patch_id)`` took the new code path in this run. Not a
     step: code that no longer asks about the patch replays past it."""
@@ -114,6 +121,7 @@ EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "workflow_failed": WorkflowFailed,
     "workflow_cancelled": WorkflowCancelled,
     "patched": Patched,
+    "workflow_continued_as_new": WorkflowContinuedAsNew,
 }
 EVENT_NAMES: dict[type[msgspec.Struct], str] = {v: k for k, v in EVENT_TYPES.items()}
 _decoders = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()}
@@ -138,13 +146,50 @@ class Step:
     value: Any = None  # the resolving event (or the recording one for instant steps)
 
 
-@dataclass
-class Folded:
-    """A history folded for replay: its steps by number, and the patches
-    the run took."""
+class Fold:
+    """A run's history folded for replay: its steps by number, the patches it
+    took, and how many events it has. ``add`` folds more events in, so a
+    workflow kept in memory is brought up to date without folding its whole
+    history again.
 
-    steps: dict[int, Step]
-    patches: set[str]
+    A resolving event may come before its step's opening one (a worker of
+    an older release numbered events by step during a rolling deploy): it
+    is kept until the opener arrives. Event types this code does not know
+    (written by a newer release) are skipped."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, Step] = {}
+        self.patches: set[str] = set()
+        self.events = 0
+        self.last_step = 0
+        self._early: dict[int, msgspec.Struct] = {}
+
+    def add(self, rows: Iterable[tuple[int, str, str | bytes]]) -> Fold:
+        """Fold ``(step, event_type, event_data)`` rows, in the order written."""
+        steps, early = self.steps, self._early
+        for seq, kind, data in rows:
+            self.events += 1
+            decoder = _decoders.get(kind)
+            if decoder is None:
+                continue
+            event = decoder.decode(data)
+            opener = _OPENERS.get(type(event))
+            if opener is not None:
+                step = steps[seq] = opener(event)
+                if seq > self.last_step:
+                    self.last_step = seq
+                resolved = early.pop(seq, None)
+                if resolved is not None:
+                    step.done, step.value = True, resolved
+            elif isinstance(event, _RESOLVERS):
+                if seq in steps:
+                    steps[seq].done = True
+                    steps[seq].value = event
+                else:
+                    early[seq] = event
+            elif isinstance(event, Patched):
+                self.patches.add(event.patch_id)
+        return self
 
 
 _OPENERS = {
@@ -158,34 +203,6 @@ _OPENERS = {
 _RESOLVERS = (ActivityCompleted, ActivityFailed, TimerFired)
 
 
-def fold_steps(rows: Iterable[tuple[int, str, str | bytes]]) -> Folded:
-    """Fold ``(step, event_type, event_data)`` rows, in the order written,
-    into steps.
-
-    A resolving event may come before its step's opening one (a worker of
-    an older release numbered events by step during a rolling deploy): it
-    is kept until the opener arrives. Event types this code does not know
-    (written by a newer release) are skipped."""
-    steps: dict[int, Step] = {}
-    early: dict[int, msgspec.Struct] = {}
-    patches: set[str] = set()
-    for seq, kind, data in rows:
-        decoder = _decoders.get(kind)
-        if decoder is None:
-            continue
-        event = decoder.decode(data)
-        opener = _OPENERS.get(type(event))
-        if opener is not None:
-            step = steps[seq] = opener(event)
-            resolved = early.pop(seq, None)
-            if resolved is not None:
-                step.done, step.value = True, resolved
-        elif isinstance(event, _RESOLVERS):
-            if seq in steps:
-                steps[seq].done = True
-                steps[seq].value = event
-            else:
-                early[seq] = event
-        elif isinstance(event, Patched):
-            patches.add(event.patch_id)
-    return Folded(steps, patches)
+def fold_steps(rows: Iterable[tuple[int, str, str | bytes]]) -> Fold:
+    """Fold a run's ``(step, event_type, event_data)`` rows, in the order written."""
+    return Fold().add(rows)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import random
 import threading
 import time
@@ -24,7 +25,7 @@ import msgspec
 import psycopg
 import uuid6
 
-from flows import codec, history, sharding, store
+from flows import codec, context, history, sharding, store
 from flows.context import (
     ConsumeSignal,
     Outcome,
@@ -34,8 +35,15 @@ from flows.context import (
     StartTimer,
     replay,
 )
+from flows.continuation import PARK_MIN_EVENTS, Memory, Parked, ReplayCache
 from flows.definitions import DEFAULT_RETRY, ActivityDefinition, WorkflowDefinition
 from flows.errors import ReplayOverBudget
+
+# The most history events one run of a workflow may have; a warning is logged
+# as a run passes HISTORY_WARN_FRACTION of it. Each event is read back by
+# replays: a workflow that runs for ever calls ctx.continue_as_new().
+HISTORY_LIMIT = int(os.environ.get("FLOWS_HISTORY_LIMIT", "50000"))
+HISTORY_WARN_FRACTION = 0.8
 
 log = logging.getLogger("flows.worker")
 
@@ -73,22 +81,29 @@ class ReplayBudget:
 
     @contextmanager
     def watch(self) -> Iterator[None]:
-        if self.seconds <= 0:
+        """Bound the calling thread's replay inside the block."""
+        self.arm()
+        try:
             yield
+        finally:
+            self.disarm()
+
+    def arm(self) -> None:
+        """Start the calling thread's budget (parked code runs in pieces)."""
+        if self.seconds <= 0:
             return
-        tid = threading.get_ident()
         with self._cond:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="flows-replay-budget", daemon=True)
                 self._thread.start()
-            self._running[tid] = time.monotonic() + self.seconds
+            self._running[threading.get_ident()] = time.monotonic() + self.seconds
             if len(self._running) == 1:
                 self._cond.notify()
-        try:
-            yield
-        finally:
+
+    def disarm(self) -> None:
+        if self.seconds > 0:
             with self._cond:
-                self._running.pop(tid, None)
+                self._running.pop(threading.get_ident(), None)
 
     def _loop(self) -> None:
         with self._cond:
@@ -117,6 +132,7 @@ class News:
 
     shard: str
     activities: bool = False
+    replay_now: bool = False  # a workflow task is due now (a run continued as new)
     retries_in: list[float] = field(default_factory=list)
     timers_in: list[float] = field(default_factory=list)
 
@@ -149,11 +165,22 @@ class StepWriter:
         activities: dict[str, ActivityDefinition[Any, Any]],
         alone: Callable[[], bool],
         budget: ReplayBudget,
+        cache: ReplayCache | None = None,
+        park_min_events: int = PARK_MIN_EVENTS,
     ) -> None:
         self.workflows = workflows
         self.activities = activities
         self.alone = alone
         self.budget = budget
+        self.cache = ReplayCache(0, 0) if cache is None else cache
+        self.park_min_events = park_min_events
+
+    @property
+    def whole_below(self) -> int:
+        """Claims send a run's history whole below this many events: above,
+        only what was written since the latest step (this worker remembers
+        the rest, or asks for it)."""
+        return self.park_min_events if self.cache.enabled else 1 << 30
 
     # -- replays --------------------------------------------------------------
 
@@ -161,52 +188,115 @@ class StepWriter:
         self, tx: store.StepTransaction, state: store.ReplayState, lease_to: str | None,
         ended: store.ActivityEnd | None = None, recorded: tuple[int, msgspec.Struct] | None = None,
     ) -> tuple[list[store.ActivityTask], News | None]:
-        """Replay a locked workflow and write what the new step recorded; an
-        activity it schedules is leased to ``lease_to`` (and returned, with a
-        copy of the history and signals) when set. ``ended`` is the activity
-        attempt this transaction records and ``recorded`` its event: replayed
-        from memory, written with the replay's own."""
+        """Replay a locked workflow (from what this worker remembers of it
+        when still current) and write what the new step recorded, then
+        remember the workflow again. An activity the step schedules is leased
+        to ``lease_to`` (and returned) when set. ``ended`` is the activity
+        attempt this transaction records and ``recorded`` its event."""
         wf = state.workflow
-        step = store.Step(wf.name, wf.id, wf.tenant_id, wf.version, "running", wf.sequence_num, activity=ended)
-        if recorded is not None:
-            step.events.append(store.event(*recorded))
-            if ended is not None and ended.output is not None:  # workflows.activity_results
-                step.results[str(recorded[0])] = ended.output
-        # What the replay reads: the stored history and the event recorded
-        # here; with the step's new events after it, the worker's copy.
-        events = list(state.events or []) + [(e.seq, e.kind, e.data) for e in step.events]
-        recorded_events = len(step.events)
-        definition = self.workflows.get((sharding.base_name(wf.name), wf.version))
-        if definition is None:  # claims only take versions we run; an activity's end may still get here
-            outcome = Outcome([], "failed", wf.sequence_num, error=(
-                f"NonDeterminismError: no code for version {wf.version} of workflow {sharding.base_name(wf.name)}"
-                " in this worker"))
-        else:
-            with self.budget.watch():
-                outcome = replay(
-                    definition, workflow_id=wf.id, workflow_name=wf.name, tenant_id=wf.tenant_id, input=wf.input,
-                    events=events, signals=[PendingSignal(i, n, p) for i, n, p in state.signals or []],
-                    db_now=state.now,
-                )
-        step.status, step.seq = outcome.status, outcome.last_seq
-        leased, news = self._apply(step, outcome, lease_to, state.now)
-        store.record_step(tx, step)
-        if not leased or outcome.status != "running":
+        key = (wf.name, wf.id)
+        memory = self.cache.take(key)
+        if memory is not None and (memory.stamp != state.stamp or memory.step_base != wf.run_step_base
+                                   or (memory.parked is not None and not memory.parked.alive)):
+            memory.forget()  # stale: another step (another worker's, a cancel) came between
+            memory = None
+        if state.tail and memory is None:
+            state = store.load_state(tx, wf.name, wf.id, state.now)
+        parked = None if memory is None else memory.parked
+        try:
+            step = store.Step(wf.name, wf.id, wf.tenant_id, wf.version, "running", wf.sequence_num, activity=ended)
+            if recorded is not None:
+                step.events.append(store.event(*recorded))
+            # The events this worker has not seen yet: the state's (a tail, or
+            # the whole history) and the attempt's end recorded here.
+            new = list(state.events or []) + [(e.seq, e.kind, e.data) for e in step.events]
+            remembered = memory.events if memory is not None and memory.events is not None else []
+            outcome, parked, history_now = self._run(state, memory, parked, remembered + new)
+            step.status, step.seq = outcome.status, outcome.last_seq
+            first_own = len(step.events)
+            leased, news = self._apply(step, outcome, lease_to, state)
+            stamp = store.record_step(tx, step)
+        except BaseException:
+            if parked is not None:
+                parked.abandon()  # its code ran on past what the database now holds
+            raise
+        own = [(e.seq, e.kind, e.data) for e in step.events[first_own:]]
+        resumed = parked is not None and memory is not None and memory.parked is parked
+        before = memory.run_events if resumed and memory is not None else len(history_now) - len(new)
+        self._warn_near_limit(wf, before, before + len(new) + len(own))
+        if outcome.status != "running" or not self.cache.enabled:
+            if parked is not None:
+                parked.abandon()
             return leased, news
-        consumed = {c.id for c in step.signals}
-        copy = store.Replayed(
-            max(wf.sequence_num, outcome.last_seq),
-            events + [(e.seq, e.kind, e.data) for e in step.events[recorded_events:]],
-            [s for s in state.signals or [] if s[0] not in consumed],
-        )
-        return [replace(task, replayed=copy) for task in leased], news
+        if parked is not None:  # its code holds the history; only the count and size are kept here
+            parked.record(own)
+            seen = (memory.run_events, memory.size) if resumed and memory is not None else (0, 0)
+            added = (new if resumed else history_now) + own
+            self.cache.put(key, Memory(stamp, wf.run_step_base, parked=parked, run_events=seen[0] + len(added),
+                                       size=seen[1] + _bytes(added)))
+        else:
+            history_now += own
+            self.cache.put(key, Memory(stamp, wf.run_step_base, events=history_now, run_events=len(history_now),
+                                       size=_bytes(history_now)))
+        return leased, news
+
+    def _run(
+        self, state: store.ReplayState, memory: Memory | None, parked: Parked | None,
+        history_now: list[tuple[int, str, Any]],
+    ) -> tuple[Outcome, Parked | None, list[tuple[int, str, Any]]]:
+        """Run the workflow's code to its next wait: resume its parked code
+        with the new events, or replay ``history_now`` (the run's history, as
+        remembered plus new), parking the code when the history is long.
+        Returns the outcome, the parked code (if any) and ``history_now``."""
+        wf = state.workflow
+        definition = self.workflows.get((sharding.base_name(wf.name), wf.version))
+        signals = [PendingSignal(i, n, p) for i, n, p in state.signals or []]
+        before = memory.run_events if parked is not None and memory is not None else 0
+        run_events = before + len(history_now)
+        if run_events > HISTORY_LIMIT:
+            return self._over_limit(wf, run_events), parked, history_now
+        if parked is not None:
+            return parked.resume(history_now, signals, state.now), parked, history_now
+        if definition is None:  # claims only take versions we run; an activity's end may still get here
+            return Outcome([], "failed", wf.sequence_num, error=(
+                f"NonDeterminismError: no code for version {wf.version} of workflow {sharding.base_name(wf.name)}"
+                " in this worker")), None, history_now
+        if self.cache.enabled and run_events >= self.park_min_events:
+            try:
+                ctx = context.new_context(workflow_id=wf.id, workflow_name=wf.name, tenant_id=wf.tenant_id,
+                                          events=history_now, signals=signals, db_now=state.now,
+                                          step_base=wf.run_step_base)
+            except Exception as exc:  # a row this code cannot read: fail loudly, not forever
+                return Outcome([], "failed", wf.run_step_base,
+                               error=f"unreadable history: {type(exc).__name__}: {exc}"), None, history_now
+            fresh = Parked(definition, ctx, wf.input, self.budget)
+            return fresh.start(), fresh, history_now
+        with self.budget.watch():
+            outcome = replay(
+                definition, workflow_id=wf.id, workflow_name=wf.name, tenant_id=wf.tenant_id, input=wf.input,
+                events=history_now, signals=signals, db_now=state.now, step_base=wf.run_step_base,
+            )
+        return outcome, None, history_now
+
+    @staticmethod
+    def _over_limit(wf: store.WorkflowRow, run_events: int) -> Outcome:
+        return Outcome([], "failed", wf.sequence_num, error=(
+            f"HistoryLimitExceeded: this run has {run_events} history events, over the limit of {HISTORY_LIMIT}"
+            " (FLOWS_HISTORY_LIMIT): call ctx.continue_as_new() well before it"))
+
+    @staticmethod
+    def _warn_near_limit(wf: store.WorkflowRow, before: int, after: int) -> None:
+        warn_at = int(HISTORY_LIMIT * HISTORY_WARN_FRACTION)
+        if before < warn_at <= after:
+            log.warning("workflow-history-near-limit shard=%s id=%s events=%s limit=%s: call ctx.continue_as_new()",
+                        wf.name, wf.id, after, HISTORY_LIMIT)
 
     def _apply(
-        self, step: store.Step, outcome: Outcome, lease_to: str | None, db_now: datetime
+        self, step: store.Step, outcome: Outcome, lease_to: str | None, state: store.ReplayState
     ) -> tuple[list[store.ActivityTask], News | None]:
         """Turn a replay's commands into the step's writes; return the
         activities leased to ``lease_to`` and the news for our wake-ups."""
-        shard, wid, tenant = step.shard, step.workflow_id, step.tenant_id
+        shard, wid, tenant, db_now = step.shard, step.workflow_id, step.tenant_id, state.now
         news = News(shard)
         leased: list[store.ActivityTask] = []
         for cmd in outcome.commands:
@@ -238,16 +328,25 @@ class StepWriter:
                 step.events.append(store.event(cmd.seq, cmd.event))
         if outcome.status == "running":
             step.waiting_for = outcome.waiting_for
+        elif outcome.status == "continued":
+            wf = state.workflow
+            step.next_input = msgspec.Raw(outcome.output or b"null")
+            step.next_task_id = uuid6.uuid7()
+            step.end_event = store.event(0, history.WorkflowContinuedAsNew(step.next_input))
+            step.start_event = store.event(0, history.WorkflowStarted(wf.version, wf.run + 1))
+            news.replay_now = True
+            log.info("workflow-continued-as-new shard=%s id=%s run=%s", shard, wid, wf.run + 1)
         else:
             self._end(step, outcome.status, outcome.output, outcome.error)
-        if not news.activities and not news.timers_in:
+        if not news.activities and not news.timers_in and not news.replay_now:
             return leased, None
         if self.alone():
             return leased, news
+        replays = news.replay_now or bool(news.timers_in)
         step.wake_channel = sharding.channel(shard)
         step.wake_work = (
-            store.ANY_WORK if news.activities and news.timers_in
-            else store.ACTIVITY_WORK if news.activities else store.REPLAY_WORK
+            store.ANY_WORK if news.activities and replays else store.ACTIVITY_WORK if news.activities
+            else store.REPLAY_WORK
         )
         return leased, None
 
@@ -274,7 +373,8 @@ class StepWriter:
         after the retry policy's delay. Returns the activity the replay
         leased to ``lease_to``, if any, and the news for our wake-ups."""
         task = attempt.task
-        state = store.lock_activity(tx, task, owner)
+        key = (task.shard, task.workflow_id)
+        state = store.lock_activity(tx, task, owner, self.cache.stamp(key))
         if state is None:
             log.info("activity-result-discarded name=%s id=%s attempt=%s: this delivery no longer holds the lease",
                      task.name, task.activity_id, task.attempt + 1)
@@ -306,11 +406,34 @@ class StepWriter:
                 alone = self.alone()
                 if not alone:
                     step.wake_channel, step.wake_work = sharding.channel(wf.name), store.ACTIVITY_WORK
-                store.record_step(tx, step)
+                memory = self.cache.take(key)
+                try:
+                    stamp = store.record_step(tx, step)
+                except BaseException:
+                    if memory is not None:
+                        memory.forget()
+                    raise
+                if memory is not None and state.tail and memory.stamp == state.stamp:  # still current: add to it
+                    self._remember_retry(key, memory, stamp, list(state.events or []) + [(event.seq, event.kind,
+                                                                                          event.data)])
+                elif memory is not None:
+                    memory.forget()
                 return [], News(wf.name, retries_in=[delay]) if alone else None
             ended = store.ActivityEnd(task.activity_id, "failed", task.attempt, error=error, details=details)
             recorded = (seq, history.ActivityFailed(name, error, failures, attempt.duration_seconds))
         return self.advance(tx, state, lease_to, ended, recorded)
+
+    def _remember_retry(self, key: tuple[str, Any], memory: Memory, stamp: tuple[datetime, int],
+                        new: list[tuple[int, str, Any]]) -> None:
+        """A failed attempt was recorded without a replay: what we remember
+        of the workflow takes its event and the new stamp."""
+        if memory.parked is not None:
+            memory.parked.record(new)
+        else:
+            assert memory.events is not None
+            memory.events.extend(new)
+        memory.stamp, memory.run_events, memory.size = stamp, memory.run_events + len(new), memory.size + _bytes(new)
+        self.cache.put(key, memory)
 
     # -- steps the database refuses -------------------------------------------------
 
@@ -329,6 +452,11 @@ class StepWriter:
             self._end(step, "failed", None, error)
             store.record_step(tx, step)
         return True
+
+
+def _bytes(rows: list[tuple[int, str, Any]]) -> int:
+    """Roughly what remembering these history rows costs in memory."""
+    return sum(len(data) + 120 for _, _, data in rows)
 
 
 def refused_by_database(exc: BaseException) -> bool:

@@ -166,6 +166,10 @@ class WorkflowRow(msgspec.Struct):
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    run: int = 1
+    run_step_base: int = 0  # this run's steps follow this one
+    run_first_event: int = 0  # this run's history starts at this sequence_num
+    last_event: int | None = None  # the last history event the latest step wrote
 
 
 _WORKFLOW_COLUMNS = (
@@ -198,18 +202,6 @@ class ActivityTask:
     lost: int = 0  # earlier deliveries of this task that never reported back
     expired_owner: str | None = None  # whose lease ran out (None: released, or none)
     details: str | None = None  # JSON of the last heartbeat details of an earlier attempt
-    replayed: Replayed | None = None  # the replay that leased it, when this worker made it
-
-
-@dataclass(frozen=True)
-class Replayed:
-    """A worker's copy of a workflow's history and signals just after a step
-    it wrote, kept with the activity that step leased to it: recording that
-    activity's end need not read them again (``lock_activity_step``)."""
-
-    sequence_num: int
-    events: list[tuple[int, str, msgspec.Raw]]
-    signals: list[tuple[UUID, str, msgspec.Raw]]
 
 
 # -- starting, signalling, reading (the client side) ------------------------
@@ -353,8 +345,14 @@ class ReplayState(msgspec.Struct, frozen=True):
     task: tuple[UUID, str, UUID | None, float | None] | None
     now: datetime
     workflow: WorkflowRow
-    events: list[tuple[int, str, msgspec.Raw]] | None  # None: as in the worker's copy
+    events: list[tuple[int, str, msgspec.Raw]] | None
     signals: list[tuple[UUID, str, msgspec.Raw]] | None
+    tail: bool = False  # events are only those written after workflow.last_event
+
+    @property
+    def stamp(self) -> tuple[datetime, int | None]:
+        """What the latest step left on the workflow row (see flows.continuation)."""
+        return self.workflow.updated_at, self.workflow.last_event
 
 
 class Claimed(msgspec.Struct, frozen=True):
@@ -372,6 +370,7 @@ class _ClaimAnswer(msgspec.Struct, frozen=True):
     workflow: WorkflowRow | None = None
     events: list[tuple[int, str, msgspec.Raw]] | None = None
     signals: list[tuple[UUID, str, msgspec.Raw]] | None = None
+    tail: bool = False
     next: float | None = None
 
 
@@ -403,8 +402,9 @@ class StepTransaction:
         self._cur.nextset()
         return self._cur.fetchone()
 
-    def commit_with(self, query: str, params: tuple[Any, ...]) -> None:
+    def commit_with(self, query: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         self._cur.execute(query + "; COMMIT", params)
+        return self._cur.fetchone()
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
@@ -418,21 +418,23 @@ class StepTransaction:
             pass
 
 
-def claim_replay(tx: StepTransaction, shard: str, versions: list[int]) -> Claimed:
+def claim_replay(tx: StepTransaction, shard: str, versions: list[int], whole_below: int = 1 << 30) -> Claimed:
     """Claim one due workflow or timer task of ``shard`` for a worker running
     these ``versions`` of its workflow (deleted, its timer fired) and lock its
     workflow row, both skipping rows another transaction holds: two replays
-    of one workflow never overlap, and a claim never waits. One statement
-    (``flows_claim_replay``, migration 009)."""
+    of one workflow never overlap, and a claim never waits. The history comes
+    whole when its run has fewer than ``whole_below`` events, else only the
+    events since the latest step (``tail``). One statement
+    (``flows_claim_replay_v3``, migration 010)."""
     row = tx.begin_with(
-        "SELECT flows_claim_replay(%s, %s::integer[], %s, %s)",
-        (shard, _int_array(tuple(versions)), uuid6.uuid7(), sharding.channel(shard)),
+        "SELECT flows_claim_replay_v3(%s, %s::integer[], %s, %s, %s)",
+        (shard, _int_array(tuple(versions)), uuid6.uuid7(), sharding.channel(shard), whole_below),
     )
     assert row is not None and row[0] is not None
     got = _claim_answer.decode(row[0])
     if got.task is None or got.workflow is None or got.now is None:
         return Claimed(None, got.next)
-    return Claimed(ReplayState(got.task, got.now, got.workflow, got.events, got.signals), got.task[3])
+    return Claimed(ReplayState(got.task, got.now, got.workflow, got.events, got.signals, got.tail), got.task[3])
 
 
 def lock_workflow(tx: StepTransaction, shard: str, workflow_id: UUID) -> tuple[UUID, str, int, int] | None:
@@ -445,31 +447,36 @@ def lock_workflow(tx: StepTransaction, shard: str, workflow_id: UUID) -> tuple[U
     return None if row is None else (row[0], row[1], row[2], row[3])
 
 
-def lock_activity(tx: StepTransaction, task: ActivityTask, owner: str) -> ReplayState | None:
+def lock_activity(
+    tx: StepTransaction, task: ActivityTask, owner: str, stamp: tuple[datetime, int | None] | None = None
+) -> ReplayState | None:
     """Lock the workflow row to record the end of an activity attempt and
     delete our leased task. None if this delivery no longer holds the lease
     (its attempt timed out and was recorded so, or another worker took the
     task, or the workflow ended and dropped it).
 
-    When the task carries the copy of the replay state its step left
-    (``task.replayed``) and nothing was written since, the state comes back
-    with that copy's history and signals instead of reading them again."""
-    copy = task.replayed
-    state = _state(tx.begin_with(
-        "SELECT flows_lock_activity(%s, %s, %s, %s, %s, %s::integer, %s::integer, %s::integer)",
-        (task.shard, task.workflow_id, task.task_id, owner, task.token,
-         *((None, None, None) if copy is None else (copy.sequence_num, len(copy.events), len(copy.signals)))),
+    With the ``stamp`` the worker remembers of the workflow's latest step
+    still on its row, only the events written since come back (``tail``)."""
+    updated_at, last_event = stamp if stamp is not None else (None, None)
+    return _state(tx.begin_with(
+        "SELECT flows_lock_activity_v3(%s, %s, %s, %s, %s, %s, %s::integer)",
+        (task.shard, task.workflow_id, task.task_id, owner, task.token, updated_at, last_event),
     ))
-    if state is None or state.events is not None:
-        return state
-    assert copy is not None
-    return msgspec.structs.replace(state, events=copy.events, signals=copy.signals)
+
+
+def load_state(tx: StepTransaction, shard: str, workflow_id: UUID, now: datetime) -> ReplayState:
+    """The replay state with the current run's whole history, inside a step
+    whose claim sent only a tail the worker cannot use."""
+    row = tx.conn.execute("SELECT flows_state_v3(%s, %s, NULL, NULL, %s)", (shard, workflow_id, now)).fetchone()
+    state = _state(row)
+    assert state is not None
+    return state
 
 
 def replay_state(conn: Conn, shard: str, workflow_id: UUID) -> ReplayState | None:
     """The workflow with its history and unconsumed signals, unlocked (for inspection)."""
     return _state(conn.execute(
-        "SELECT flows_state_v2(%s, %s, NULL, true, now())", (shard, workflow_id)).fetchone())
+        "SELECT flows_state_v3(%s, %s, NULL, NULL, now())", (shard, workflow_id)).fetchone())
 
 
 class ActivityEnd(msgspec.Struct, omit_defaults=True):
@@ -532,13 +539,13 @@ class Retry(msgspec.Struct, omit_defaults=True):
 
 class Step(msgspec.Struct, omit_defaults=True):
     """Everything one replay of a locked workflow writes (see
-    ``flows_record_step_v2`` in migration 009 for each field)."""
+    ``flows_record_step_v3`` in migration 010 for each field)."""
 
     shard: str
     workflow_id: UUID
     tenant_id: UUID
     version: int
-    status: str | None  # None: no replay (an attempt to retry)
+    status: str | None  # None: no replay (an attempt to retry); continued: the next run starts
     seq: int
     waiting_for: str | None = None
     activity: ActivityEnd | None = None
@@ -547,8 +554,10 @@ class Step(msgspec.Struct, omit_defaults=True):
     signals: list[ConsumedSignal] = []
     timers: list[NewTimer] = []
     events: list[NewEvent] = []
-    results: dict[str, msgspec.Raw] = {}
     output: msgspec.Raw | None = None
+    next_input: msgspec.Raw | None = None  # continued: the next run's input
+    next_task_id: UUID | None = None
+    start_event: NewEvent | None = None
     error: str | None = None
     dlq_id: UUID | None = None
     end_event: NewEvent | None = None
@@ -570,13 +579,25 @@ def event(seq: int, data: msgspec.Struct) -> NewEvent:
     return NewEvent(uuid6.uuid7(), seq, history.event_type(data), msgspec.Raw(_encode_event(data)))
 
 
-def record_step(tx: StepTransaction, step: Step) -> None:
-    """Write a replay's decisions in one statement (``flows_record_step_v2``)
+class Stamp(msgspec.Struct, frozen=True):
+    updated_at: datetime
+    last_event: int
+
+
+_stamp = msgspec.json.Decoder(Stamp)
+
+
+def record_step(tx: StepTransaction, step: Step) -> tuple[datetime, int]:
+    """Write a replay's decisions in one statement (``flows_record_step_v3``)
     and commit: the attempt that ended (or is retried), new activities (those
     leased to a worker are not due until their lease runs out), consumed
     signals, new timers, history, and the workflow row; NOTIFY the shard
-    when new work is due now."""
-    tx.commit_with("SELECT flows_record_step_v2(%s)", (Json(_step_encoder.encode(step)),))
+    when new work is due now. Returns the stamp the step left on the row
+    (updated_at, last_event)."""
+    row = tx.commit_with("SELECT flows_record_step_v3(%s)", (Json(_step_encoder.encode(step)),))
+    assert row is not None
+    stamp = _stamp.decode(row[0])
+    return stamp.updated_at, stamp.last_event
 
 
 def insert_event(

@@ -22,6 +22,8 @@ from typing import Any, Iterable
 
 from flows import codec, sharding, store
 from flows.activity_runner import ActivityRunner
+from flows import continuation
+from flows.continuation import ReplayCache
 from flows.definitions import ActivityDefinition, WorkflowDefinition, registered_activities, registered_workflows
 from flows.engine import Engine
 from flows.errors import ConfigurationError, ReplayOverBudget
@@ -117,7 +119,9 @@ class Worker:
             owner=self.owner, serves=self.serves, shard_group=",".join(map(str, indices)),
             seconds=heartbeat_seconds, stale_seconds=stale_seconds, on_due=self._beat_found_due,
         )
-        self.steps = StepWriter(self.workflows, self.activities, self._alone, self.budget)
+        self.replay_cache = ReplayCache()
+        self.steps = StepWriter(self.workflows, self.activities, self._alone, self.budget, self.replay_cache,
+                                continuation.PARK_MIN_EVENTS)
         self.runner = ActivityRunner(
             self.activities, owner=self.owner, concurrency=concurrency, steps=self.steps, wakeups=self.wakeups,
             lease_to=lambda: None if self._stopping.is_set() else self.owner, on_news=self._announce,
@@ -169,6 +173,8 @@ class Worker:
             return
         if news.activities:
             self.wakeups.announce(ACTIVITY, [news.shard])
+        if news.replay_now:
+            self.wakeups.announce(REPLAY, [news.shard])
         for seconds in news.retries_in:
             self.wakeups.announce(ACTIVITY, [news.shard], seconds)
         for seconds in news.timers_in:
@@ -343,7 +349,8 @@ class Worker:
                 state: store.ReplayState | None = None
                 try:
                     with store.StepTransaction(conn) as tx:
-                        claimed = store.claim_replay(tx, ticket.shard, self._versions[ticket.shard])
+                        claimed = store.claim_replay(tx, ticket.shard, self._versions[ticket.shard],
+                                                     self.steps.whole_below)
                         due = claimed.next_due
                         if claimed.state is None and due is not None and due <= 0:
                             due = BUSY_RECHECK_SECONDS  # due, but held by another worker
@@ -413,6 +420,7 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - best effort; a worker claims all it finds at start
                 log.warning("worker-handover-failed owner=%s error=%s", self.owner, type(exc).__name__)
         self.heartbeat.stop()
+        self.replay_cache.clear()
         self.budget.stop()
         self._close_listener()
         self._pool.close()

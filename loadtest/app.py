@@ -39,3 +39,12 @@ def wakeup(ctx: flows.WorkflowContext, n: int) -> int:
 def sleep(ctx: flows.WorkflowContext, seconds: float) -> str:
     ctx.sleep(seconds)
     return "woke"
+
+
+@flows.workflow("lt-long")
+def long_loop(ctx: flows.WorkflowContext, steps: int) -> int:
+    """One activity after another, ``steps`` times: a long history."""
+    n = 0
+    for _ in range(steps):
+        n = ctx.activity(step, n)
+    return n

@@ -41,6 +41,7 @@ class Measurement:
     series: dict[str, Series] = field(default_factory=dict)  # label -> (seconds, per second)
     latencies_ms: dict[str, list[float]] = field(default_factory=dict)  # label -> values
     series_title: str = "completed per second"
+    series_xlabel: str = "seconds"
     latency_title: str = "latency (ms)"
     statements: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # label -> pg_stat_statements rows
     profiles: dict[str, dict[str, list[tuple[str, float]]]] = field(default_factory=dict)  # label -> py-spy summary
@@ -138,7 +139,7 @@ def write_plot(result: Result, path: Path) -> bool:
             xs, ys = zip(*series)
             left.step(xs, ys, where="post", label=label)
     left.set_ylim(bottom=0)
-    left.set_xlabel("seconds")
+    left.set_xlabel(run.series_xlabel)
     left.set_ylabel(run.series_title)
     left.set_title(f"{result.scenario}: {run.series_title} over time")
     if run.series:

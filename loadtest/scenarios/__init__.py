@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from loadtest.scenarios import backlog, idle, loan, throughput, timers, wakeup
+from loadtest.scenarios import backlog, idle, loan, long, scaling, throughput, timers, wakeup
 
 SCENARIOS: dict[str, ModuleType] = {
     "throughput": throughput,
@@ -15,4 +15,6 @@ SCENARIOS: dict[str, ModuleType] = {
     "timers": timers,
     "idle": idle,
     "backlog": backlog,
+    "long": long,
+    "scaling": scaling,
 }

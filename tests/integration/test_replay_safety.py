@@ -7,7 +7,8 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -21,9 +22,10 @@ _replays: Counter[Any] = Counter()
 _guard = threading.Lock()
 
 
-@flows.workflow("t-exclusive")
-def exclusive(ctx: flows.WorkflowContext, rounds: int) -> int:
-    """Notes any moment two replays of one workflow run at once."""
+@contextmanager
+def running(ctx: flows.WorkflowContext) -> Iterator[None]:
+    """Notes any moment two workers run code of one workflow at once (the
+    code between two waits: replayed from the top, or resumed in memory)."""
     with _guard:
         _active[ctx.workflow_id] += 1
         _replays[ctx.workflow_id] += 1
@@ -31,14 +33,23 @@ def exclusive(ctx: flows.WorkflowContext, rounds: int) -> int:
             _overlaps.append(ctx.workflow_id)
     try:
         time.sleep(0.002)  # widen the window a second replay would need
-        total = 0
-        for i in range(rounds):
-            ctx.activity(record, f"round-{i}")
-            total += ctx.wait_for_signal("tick", type=int)
-        return total
+        yield
     finally:
         with _guard:
             _active[ctx.workflow_id] -= 1
+
+
+@flows.workflow("t-exclusive")
+def exclusive(ctx: flows.WorkflowContext, rounds: int) -> int:
+    total = 0
+    for i in range(rounds):
+        with running(ctx):
+            pass
+        ctx.activity(record, f"round-{i}")
+        with running(ctx):
+            pass
+        total += ctx.wait_for_signal("tick", type=int)
+    return total
 
 
 def test_two_workers_on_the_same_shards_never_replay_one_workflow_at_once(
@@ -82,13 +93,15 @@ def evolving(ctx: flows.WorkflowContext, inp: None) -> str:
 def test_code_changed_under_a_running_workflow_fails_it_with_non_determinism(
     engine: Engine, start_worker: Callable[..., Worker], ledger: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    start_worker([evolving], [record])
+    old = start_worker([evolving], [record])
     run = engine.start(evolving, None)
     deadline = time.monotonic() + 10
     while engine.query(run.workflow_name, run.workflow_id).waiting_for != "signal:go":
         assert time.monotonic() < deadline
         time.sleep(0.02)
+    old.stop()  # a deploy: new worker processes with the changed code
     monkeypatch.setitem(_path, "variant", "changed")
+    start_worker([evolving], [record])
     engine.send_signal(run.workflow_name, run.workflow_id, "go", None)
     with pytest.raises(flows.WorkflowFailed, match="NonDeterminismError: step 1: history recorded activity 't-record', the code now asks for timer"):
         engine.result(run.workflow_name, run.workflow_id, timeout=10)
