@@ -137,6 +137,23 @@ class News:
     timers_in: list[float] = field(default_factory=list)
 
 
+@dataclass
+class Prepared:
+    """A step built but not yet written (see ``StepWriter.prepare``)."""
+
+    key: tuple[str, Any]
+    state: store.ReplayState
+    step: store.Step
+    outcome: Outcome
+    memory: Memory | None
+    parked: Parked | None
+    new: list[tuple[int, str, Any]]
+    history_now: list[tuple[int, str, Any]]
+    first_own: int
+    leased: list[store.ActivityTask]
+    news: News | None
+
+
 @dataclass(frozen=True)
 class Attempt:
     """How an activity attempt ended, to be recorded: ``output`` (JSON) or
@@ -189,10 +206,26 @@ class StepWriter:
         ended: store.ActivityEnd | None = None, recorded: tuple[int, msgspec.Struct] | None = None,
     ) -> tuple[list[store.ActivityTask], News | None]:
         """Replay a locked workflow (from what this worker remembers of it
-        when still current) and write what the new step recorded, then
-        remember the workflow again. An activity the step schedules is leased
-        to ``lease_to`` (and returned) when set. ``ended`` is the activity
-        attempt this transaction records and ``recorded`` its event."""
+        when still current), write what the new step recorded and commit,
+        then remember the workflow again. An activity the step schedules is
+        leased to ``lease_to`` (and returned) when set. ``ended`` is the
+        activity attempt this transaction records and ``recorded`` its event."""
+        prepared = self.prepare(tx, state, lease_to, ended, recorded)
+        try:
+            stamp = store.record_step(tx, prepared.step)
+        except BaseException:
+            self.abort(prepared)
+            raise
+        return self.finish(prepared, stamp)
+
+    def prepare(
+        self, tx: store.StepTransaction, state: store.ReplayState, lease_to: str | None,
+        ended: store.ActivityEnd | None = None, recorded: tuple[int, msgspec.Struct] | None = None,
+    ) -> Prepared:
+        """Run a locked workflow's code to its next wait and build the step
+        that records it, without writing it (``advance``, or several in one
+        transaction: ``store.record_steps``). Then ``finish`` it once
+        committed, or ``abort`` it."""
         wf = state.workflow
         key = (wf.name, wf.id)
         memory = self.cache.take(key)
@@ -215,30 +248,40 @@ class StepWriter:
             step.status, step.seq = outcome.status, outcome.last_seq
             first_own = len(step.events)
             leased, news = self._apply(step, outcome, lease_to, state)
-            stamp = store.record_step(tx, step)
         except BaseException:
             if parked is not None:
-                parked.abandon()  # its code ran on past what the database now holds
+                parked.abandon()  # its code ran on past what the database holds
             raise
-        own = [(e.seq, e.kind, e.data) for e in step.events[first_own:]]
-        resumed = parked is not None and memory is not None and memory.parked is parked
-        before = memory.run_events if resumed and memory is not None else len(history_now) - len(new)
-        self._warn_near_limit(wf, before, before + len(new) + len(own))
-        if outcome.status != "running" or not self.cache.enabled:
-            if parked is not None:
-                parked.abandon()
-            return leased, news
-        if parked is not None:  # its code holds the history; only the count and size are kept here
-            parked.record(own)
-            seen = (memory.run_events, memory.size) if resumed and memory is not None else (0, 0)
-            added = (new if resumed else history_now) + own
-            self.cache.put(key, Memory(stamp, wf.run_step_base, parked=parked, run_events=seen[0] + len(added),
-                                       size=seen[1] + _bytes(added)))
+        return Prepared(key, state, step, outcome, memory, parked, new, history_now, first_own, leased, news)
+
+    def abort(self, prepared: Prepared) -> None:
+        """The step was not written: forget the code that ran on for it."""
+        if prepared.parked is not None:
+            prepared.parked.abandon()
+
+    def finish(self, prepared: Prepared, stamp: tuple[datetime, int]) -> tuple[list[store.ActivityTask], News | None]:
+        """The step is committed with ``stamp``: remember the workflow (a
+        running one) and return the activities leased and the news."""
+        p, wf = prepared, prepared.state.workflow
+        own = [(e.seq, e.kind, e.data) for e in p.step.events[p.first_own:]]
+        resumed = p.parked is not None and p.memory is not None and p.memory.parked is p.parked
+        before = p.memory.run_events if resumed and p.memory is not None else len(p.history_now) - len(p.new)
+        self._warn_near_limit(wf, before, before + len(p.new) + len(own))
+        if p.outcome.status != "running" or not self.cache.enabled:
+            if p.parked is not None:
+                p.parked.abandon()
+            return p.leased, p.news
+        if p.parked is not None:  # its code holds the history; only the count and size are kept here
+            p.parked.record(own)
+            seen = (p.memory.run_events, p.memory.size) if resumed and p.memory is not None else (0, 0)
+            added = (p.new if resumed else p.history_now) + own
+            self.cache.put(p.key, Memory(stamp, wf.run_step_base, parked=p.parked, run_events=seen[0] + len(added),
+                                         size=seen[1] + _bytes(added)))
         else:
-            history_now += own
-            self.cache.put(key, Memory(stamp, wf.run_step_base, events=history_now, run_events=len(history_now),
-                                       size=_bytes(history_now)))
-        return leased, news
+            history = p.history_now + own
+            self.cache.put(p.key, Memory(stamp, wf.run_step_base, events=history, run_events=len(history),
+                                         size=_bytes(history)))
+        return p.leased, p.news
 
     def _run(
         self, state: store.ReplayState, memory: Memory | None, parked: Parked | None,

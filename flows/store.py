@@ -437,6 +437,30 @@ def claim_replay(tx: StepTransaction, shard: str, versions: list[int], whole_bel
     return Claimed(ReplayState(got.task, got.now, got.workflow, got.events, got.signals, got.tail), got.task[3])
 
 
+class _Claims(msgspec.Struct, frozen=True):
+    states: list[ReplayState]
+    next: float | None = None
+
+
+_claims = msgspec.json.Decoder(_Claims)
+
+
+def claim_replays(
+    tx: StepTransaction, shard: str, versions: list[int], whole_below: int, limit: int
+) -> tuple[list[ReplayState], float | None]:
+    """Up to ``limit`` claims of ``claim_replay`` in one statement
+    (``flows_claim_replays``, migration 011), for a worker that found a
+    backlog in ``shard``; also seconds until its next task is due."""
+    row = tx.begin_with(
+        "SELECT flows_claim_replays(%s, %s::integer[], %s::uuid[], %s, %s, %s)",
+        (shard, _int_array(tuple(versions)), [uuid6.uuid7() for _ in range(limit)], sharding.channel(shard),
+         whole_below, limit),
+    )
+    assert row is not None and row[0] is not None
+    got = _claims.decode(row[0])
+    return got.states, got.next
+
+
 def lock_workflow(tx: StepTransaction, shard: str, workflow_id: UUID) -> tuple[UUID, str, int, int] | None:
     """Lock a workflow row, waiting for a step in progress; return its
     (tenant_id, status, version, sequence_num), None if there is none."""
@@ -598,6 +622,22 @@ def record_step(tx: StepTransaction, step: Step) -> tuple[datetime, int]:
     assert row is not None
     stamp = _stamp.decode(row[0])
     return stamp.updated_at, stamp.last_event
+
+
+def record_steps(tx: StepTransaction, steps: list[Step]) -> list[tuple[datetime, int]]:
+    """Write several steps (of workflows this transaction locked) and
+    commit, in one round trip; returns each step's stamp."""
+    cur = psycopg.ClientCursor(tx.conn)
+    cur.execute("; ".join(["SELECT flows_record_step_v3(%s)"] * len(steps)) + "; COMMIT",
+                tuple(Json(_step_encoder.encode(step)) for step in steps))
+    stamps = []
+    for _ in steps:
+        row = cur.fetchone()
+        assert row is not None
+        got = _stamp.decode(row[0])
+        stamps.append((got.updated_at, got.last_event))
+        cur.nextset()
+    return stamps
 
 
 def insert_event(

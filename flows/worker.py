@@ -28,7 +28,7 @@ from flows.definitions import ActivityDefinition, WorkflowDefinition, registered
 from flows.engine import Engine
 from flows.errors import ConfigurationError, ReplayOverBudget
 from flows.heartbeat import HEARTBEAT_SECONDS, HOST, STALE_SECONDS, Heartbeat
-from flows.steps import News, ReplayBudget, StepWriter, refused_by_database
+from flows.steps import News, Prepared, ReplayBudget, StepWriter, refused_by_database
 from flows.wakeups import ACTIVITY, BUSY_RECHECK_SECONDS, NEVER, REPLAY, Ticket, Wake, Wakeups
 
 log = logging.getLogger("flows.worker")
@@ -58,6 +58,9 @@ IDLE_IN_TRANSACTION_SECONDS = float(os.environ.get("FLOWS_IDLE_IN_TRANSACTION_SE
 # that is not the database being away, fails that workflow (the database
 # refusing what the step holds fails it at once).
 STEP_FAILURES_BEFORE_FAILING = 2
+# Due workflow tasks one transaction claims and commits together while a
+# shard has a backlog (1: one at a time, always).
+CLAIM_BATCH = int(os.environ.get("FLOWS_CLAIM_BATCH", "8"))
 
 
 class Worker:
@@ -131,6 +134,7 @@ class Worker:
         self._replayers = 0
         self._replay_failures = 0
         self._step_failures: dict[tuple[str, Any], int] = {}
+        self._backlog: set[str] = set()  # shards whose last claim found another task due: claimed in batches
         self._lock = threading.Lock()
         self._pool: Any = None
         self._listener: Any = None
@@ -339,9 +343,12 @@ class Worker:
 
     def _run_workflow_task(self, ticket: Ticket) -> bool:
         """Claim one workflow or timer task of the ticket's shard and replay
-        its workflow, all in one transaction. With a slot free, the activity
-        the replay schedules is leased to this worker and started here at
-        once. Returns whether a task was claimed."""
+        its workflow, all in one transaction; or, while the shard has a
+        backlog, several (``_run_batch``). With a slot free, the activity the
+        replay schedules is leased to this worker and started here at once.
+        Returns whether a task was claimed."""
+        if CLAIM_BATCH > 1 and ticket.shard in self._backlog:
+            return self._run_batch(ticket)
         slot = 0 if self._stopping.is_set() or not self.activities else self.runner.reserve(1)
         leased: list[store.ActivityTask] = []
         try:
@@ -358,6 +365,8 @@ class Worker:
                         state = claimed.state
                         if state is None:
                             return False
+                        if due is not None and due <= 0:
+                            self._backlog.add(ticket.shard)  # another is due already: take the next ones together
                         if state.workflow.status != "running":
                             return True
                         leased, news = self.steps.advance(tx, state, self.owner if slot else None)
@@ -373,6 +382,51 @@ class Worker:
             return True
         finally:
             self.runner.release(slot - len(leased))
+
+    def _run_batch(self, ticket: Ticket) -> bool:
+        """Claim up to CLAIM_BATCH due tasks of a shard with a backlog, replay
+        each, and write them in one transaction: one claim and one commit
+        for them all. When anything goes wrong the transaction rolls back
+        and the shard goes back to one task at a time, where a step that
+        cannot be written fails its own workflow alone."""
+        slots = 0 if self._stopping.is_set() or not self.activities else self.runner.reserve(CLAIM_BATCH)
+        leased: list[store.ActivityTask] = []
+        prepared: list[Prepared] = []
+        try:
+            with self._pool.connection() as conn:
+                try:
+                    with store.StepTransaction(conn) as tx:
+                        states, due = store.claim_replays(tx, ticket.shard, self._versions[ticket.shard],
+                                                          self.steps.whole_below, CLAIM_BATCH)
+                        if not states and due is not None and due <= 0:
+                            due = BUSY_RECHECK_SECONDS
+                        self.wakeups.learn(ticket, due)
+                        if due is None or due > 0:
+                            self._backlog.discard(ticket.shard)
+                        for state in states:
+                            if state.workflow.status == "running":
+                                lease_to = self.owner if len(prepared) < slots else None
+                                prepared.append(self.steps.prepare(tx, state, lease_to))
+                        stamps = store.record_steps(tx, [p.step for p in prepared]) if prepared else []
+                        log.debug("claimed-batch shard=%s tasks=%s", ticket.shard, len(states))
+                except (Exception, ReplayOverBudget) as exc:
+                    for p in prepared:
+                        self.steps.abort(p)
+                    self._backlog.discard(ticket.shard)
+                    if isinstance(exc, store.TRANSIENT_ERRORS):
+                        raise
+                    log.warning("claim-batch-failed shard=%s error=%s: one task at a time", ticket.shard,
+                                type(exc).__name__)
+                    self.wakeups.announce(REPLAY, [ticket.shard])
+                    return True
+            for p, stamp in zip(prepared, stamps):
+                got, news = self.steps.finish(p, stamp)
+                leased += got
+                self._announce(news)
+            self.runner.run(leased)
+            return bool(states)
+        finally:
+            self.runner.release(slots - len(leased))
 
     def _step_failed(self, conn: Any, state: store.ReplayState, exc: BaseException) -> None:
         """A step could not be recorded and was rolled back. The database

@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterator
 import psycopg
 import pytest
 
-from flows import Worker
+from flows import Worker, continuation
 from tests import engine_app
 from tests.conftest import ROOT
 
@@ -16,6 +16,20 @@ def ledger(db: psycopg.Connection[Any], db_url: str, monkeypatch: pytest.MonkeyP
     db.execute(engine_app.LEDGER_SQL)
     monkeypatch.setattr(engine_app, "LEDGER_DSN", db_url)
     return db
+
+
+@pytest.fixture(params=["replayed", "parked"])
+def replay_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test twice: with workflows replayed from their history at each
+    step, and with every workflow's code kept parked in memory between steps
+    (flows.continuation), which must decide exactly the same."""
+    if request.param == "parked":
+        monkeypatch.setattr(continuation, "PARK_MIN_EVENTS", 0)
+        monkeypatch.setenv("FLOWS_PARK_MIN_EVENTS", "0")  # worker subprocesses
+    else:
+        monkeypatch.setattr(continuation, "PARK_MIN_EVENTS", 1 << 30)
+        monkeypatch.setenv("FLOWS_PARK_MIN_EVENTS", str(1 << 30))
+    return str(request.param)
 
 
 @pytest.fixture

@@ -18,6 +18,9 @@ from tests import engine_app
 from tests.acceptance.fleet_harness import wait_until
 from tests.integration.conftest import Spawn
 
+# Every test here runs with workflows replayed, and with them parked in memory.
+pytestmark = pytest.mark.usefixtures("replay_mode")
+
 QUICK = flows.RetryPolicy(initial_interval=0.2, backoff=1.0, max_attempts=3, jitter=0.0)
 _ledger_lock = threading.Lock()
 events: list[tuple[str, int, float]] = []  # (what, attempt, time.monotonic())
@@ -61,6 +64,7 @@ def test_an_attempt_past_its_timeout_fails_and_attempts_never_overlap(
     run = engine.start(slow_workflow, 2.0)  # each attempt would take 2 s; the timeout is 0.6 s
     out = engine.result(run.workflow_name, run.workflow_id, timeout=15)
     assert out == "gave up after 3: TimeoutError: attempt 3 ran past its timeout of 0.6s"
+    wait_until(lambda: len(events) == 6, what="the last attempt to stop")  # it may stop after the result is in
     assert [(what, attempt) for what, attempt, _ in events] == [
         ("start", 1), ("stop", 1), ("start", 2), ("stop", 2), ("start", 3), ("stop", 3)]
     for (_, _, stopped), (_, _, restarted) in zip(events[1::2], events[2::2]):

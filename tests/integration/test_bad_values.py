@@ -3,6 +3,7 @@ carries it, with a clear error, and never blocks its shard."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Any, Callable
@@ -150,3 +151,29 @@ def test_a_replay_past_its_budget_is_abandoned_and_fails_when_it_repeats(
     for run in good:
         assert engine.result(run.workflow_name, run.workflow_id, timeout=5) == "done"
     wait_until(lambda: dead_letters(db), what="the dead letter")
+
+
+def test_a_backlog_is_claimed_in_batches_and_a_refused_step_still_fails_alone(
+    engine: Engine, db: psycopg.Connection[Any], start_worker: Callable[..., Worker],
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker finding a backlog in a shard claims and commits several
+    tasks together; when the database refuses one step of such a batch,
+    the batch rolls back, the shard goes one task at a time, and only that
+    workflow fails."""
+    caplog.set_level(logging.DEBUG, "flows.worker")
+    monkeypatch.setattr(codec, "_NUL_ESCAPE", re.compile(b"(?!x)x"))  # let the NUL reach the database
+    shard = engine.shard_of(bad_output.name, uuid6.uuid7())
+    ids = ids_on(engine, bad_output.name, shard, 16)
+    runs = [engine.start(bad_output, "a~b" if n == 12 else f"fine {n}", workflow_id=wid) for n, wid in enumerate(ids)]
+    start_worker([bad_output], [])
+    for n, run in enumerate(runs):
+        if n == 12:
+            with pytest.raises(flows.WorkflowFailed, match=r"the database refused this step"):
+                engine.result(run.workflow_name, run.workflow_id, timeout=10)
+        else:
+            assert engine.result(run.workflow_name, run.workflow_id, timeout=10) == f"fine {n}"
+    batches = [int(m.group(1)) for r in caplog.records if (m := re.search(r"claimed-batch .* tasks=(\d+)", r.getMessage()))]
+    assert batches and max(batches) > 1
+    assert any("claim-batch-failed" in r.getMessage() for r in caplog.records)
+    assert [wid for wid, _ in dead_letters(db)] == [runs[12].workflow_id]

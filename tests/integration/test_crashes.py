@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import psycopg
 import pytest
@@ -18,7 +18,6 @@ from flows import Engine, embedded
 from tests import engine_app
 from tests.conftest import ROOT
 from tests.engine_app import Job, documents, slow_replay, three_steps
-
 from tests.integration.conftest import Spawn
 
 

@@ -8,10 +8,14 @@ import time
 from typing import Any, Callable
 
 import psycopg
+import pytest
 
 import flows
 from flows import Engine, Worker
 from tests.acceptance.fleet_harness import wait_until
+
+# Every test here runs with workflows replayed, and with them parked in memory.
+pytestmark = pytest.mark.usefixtures("replay_mode")
 
 
 @flows.activity("deploy-quote")

@@ -14,6 +14,9 @@ from flows import Engine, store
 from tests import engine_app
 from tests.engine_app import Job, broken_workflow, documents, flaky_workflow, hold, sleeper, three_steps
 
+# Every test here runs with workflows replayed, and with them parked in memory.
+pytestmark = pytest.mark.usefixtures("replay_mode")
+
 
 def rows(db: psycopg.Connection[Any], query: str, *params: Any) -> list[tuple[Any, ...]]:
     return db.execute(query, params).fetchall()

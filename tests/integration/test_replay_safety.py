@@ -16,6 +16,9 @@ import flows
 from flows import Engine, Worker
 from tests.engine_app import Job, record, three_steps
 
+# Every test here runs with workflows replayed, and with them parked in memory.
+pytestmark = pytest.mark.usefixtures("replay_mode")
+
 _active: Counter[Any] = Counter()
 _overlaps: list[Any] = []
 _replays: Counter[Any] = Counter()
