@@ -41,6 +41,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     importlib.import_module(args.app)
     shards = [int(k) for k in args.shard_indices.split(",")] if args.shard_indices else None
     with _engine(args) as engine:
+        # An unreachable database fails here, named, instead of being retried for ever.
+        store.connect(engine.dsn, timeout_seconds=store.CONNECT_TIMEOUT_SECONDS).close()
         Worker(engine, shards=shards, concurrency=args.concurrency).run()
     return 0
 

@@ -24,7 +24,6 @@ from flows import codec, sharding, store
 from flows.definitions import WorkflowDefinition, find_workflow
 from flows.errors import (
     ConfigurationError,
-    DatabaseError,
     InvalidInput,
     WorkflowFailed,
     WorkflowNotFound,
@@ -128,6 +127,7 @@ class Engine:
         self.pool_size = pool_size or int(os.environ.get("FLOWS_POOL_SIZE", "10"))
         self._lock = threading.Lock()
         if isinstance(dsn_or_pool, str):
+            store.check_dsn(dsn_or_pool)  # a placeholder or malformed string fails here, not at first use
             self.dsn = dsn_or_pool
             self._holder: _PoolHolder | None = None
         else:
@@ -142,14 +142,28 @@ class Engine:
         if holder is None or holder.pid != os.getpid():  # never use a pool across fork()
             with self._lock:
                 if self._holder is None or self._holder.pid != os.getpid():
+                    # One connection first, so that a server that cannot be
+                    # reached fails at once with its reason, instead of the
+                    # pool retrying in the background until a caller times out.
+                    store.connect(self.dsn, timeout_seconds=store.CONNECT_TIMEOUT_SECONDS).close()
                     self._holder = _PoolHolder(os.getpid(), store.open_pool(self.dsn, max_size=self.pool_size, check=True))
                 holder = self._holder
         return holder.pool
 
     @contextmanager
-    def connection(self) -> Iterator[Any]:
-        with self.pool.connection() as conn:
-            yield conn
+    def connection(self, timeout: float | None = None) -> Iterator[Any]:
+        """A connection of the pool for the block (committed at its end, rolled
+        back on an exception); DatabaseError if none can be had."""
+        pool = self.pool
+        try:
+            conn = pool.getconn(timeout=timeout)
+        except store.PoolTimeout as exc:
+            raise store.connection_error(self.dsn, exc) from exc
+        try:
+            with conn:  # a pool's connection stays open at the end of the block
+                yield conn
+        finally:
+            pool.putconn(conn)
 
     def close(self) -> None:
         """Close the pool this engine opened (a caller's own pool is left open)."""
@@ -297,12 +311,8 @@ class Engine:
 
     def ping(self, timeout: float = 2.0) -> None:
         """Check the database answers within ``timeout`` seconds; raise DatabaseError if not."""
-        with store.wrapped():
-            try:
-                with self.pool.connection(timeout=timeout) as conn:
-                    store.ping(conn)
-            except store.PoolTimeout as exc:
-                raise DatabaseError(f"no database connection within {timeout}s") from exc
+        with store.wrapped(), self.connection(timeout=timeout) as conn:
+            store.ping(conn)
 
     def result(
         self, workflow_name: str, workflow_id: object, *, timeout: float | None = None, tenant_id: object = None
