@@ -1,8 +1,9 @@
 """The client side: start, signal, query, await and cancel workflows.
 
-Callers always name a workflow by its base name; the engine derives the
-shard from the id. The connection pool opens on first use, so an Engine
-built before ``fork()`` is safe to use in the child.
+Callers name a workflow by its base name (or by the sharded name a
+WorkflowStatus carries); the engine derives the shard from the id. The
+connection pool opens on first use, so an Engine built before ``fork()`` is
+safe to use in the child.
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ class ActivityStatus(msgspec.Struct, frozen=True):
 
 
 class WorkflowStatus(msgspec.Struct, frozen=True):
-    """Where a workflow stands. ``waiting_for`` names what blocks it:
-    ``activity:<name>``, ``signal:<name>`` or ``timer``; with an activity,
-    ``activity`` describes its attempts (from ``query`` only)."""
+    """Where a workflow stands. ``name`` is the sharded name it is stored
+    under (``order-shard-2``), which every Engine call accepts in place of
+    the base name. ``waiting_for`` names what blocks it: ``activity:<name>``,
+    ``signal:<name>`` or ``timer``; with an activity, ``activity`` describes
+    its attempts (from ``query`` only)."""
 
     id: UUID
     tenant_id: UUID
@@ -187,7 +190,19 @@ class Engine:
             return migrate.migrate(self.dsn)
 
     def shard_of(self, workflow_name: str, workflow_id: UUID) -> str:
-        return sharding.sharded_name(workflow_name, workflow_id, self.shards)
+        """The sharded name (``order-shard-2``) a workflow of this name and id is stored under."""
+        return sharding.sharded_name(sharding.split_sharded(workflow_name)[0], workflow_id, self.shards)
+
+    def _locate(self, workflow_name: object, workflow_id: object) -> tuple[str, UUID, str]:
+        """The base name, id and shard of a workflow named by its base name
+        (``order``) or by the sharded name a WorkflowStatus carries (``order-shard-2``)."""
+        name = _base_name(workflow_name)
+        wid = parse_uuid(workflow_id)
+        base, index = sharding.split_sharded(name)
+        shard = self.shard_of(base, wid)
+        if index is not None and shard != name:
+            raise WorkflowNotFound(f"no workflow {name}/{wid}: with {self.shards} shards, that id belongs on {shard}")
+        return base, wid, shard
 
     def shard_names(self, workflow_name: str) -> list[str]:
         return sharding.all_shard_names(workflow_name, self.shards)
@@ -249,14 +264,12 @@ class Engine:
         """Deliver signal ``signal_name`` to a running workflow; it is kept
         until the workflow waits for it. Raises WorkflowNotFound, or
         WorkflowNotRunning once the workflow has ended."""
-        name = _base_name(workflow_name)
-        wid = parse_uuid(workflow_id)
+        name, wid, shard = self._locate(workflow_name, workflow_id)
         tenant = _tenant(tenant_id)
         if not isinstance(signal_name, str) or not signal_name or len(signal_name) > 200 or "\0" in signal_name:
             raise InvalidInput(f"signal_name must be a non-empty string of <= 200 chars without NUL, got {signal_name!r}",
                                path="signal_name")
         data = codec.encode(payload, "payload")
-        shard = self.shard_of(name, wid)
         signal_id = uuid6.uuid7()
         with store.wrapped(), self.connection() as c:
             status = store.send_signal(c, shard=shard, workflow_id=wid, tenant_id=tenant, signal_id=signal_id,
@@ -267,18 +280,9 @@ class Engine:
             raise WorkflowNotRunning(f"workflow {name}/{wid} is {status}; it takes no more signals")
         return signal_id
 
-    def _row(self, name: str, wid: UUID, tenant: UUID | None) -> store.WorkflowRow:
-        with store.wrapped(), self.connection() as c:
-            row = store.get_workflow(c, self.shard_of(name, wid), wid, tenant)
-        if row is None:
-            raise WorkflowNotFound(f"no workflow {name}/{wid}")
-        return row
-
     def query(self, workflow_name: str, workflow_id: object, *, tenant_id: object = None) -> WorkflowStatus:
         """The workflow's current status (``WorkflowNotFound`` if this tenant has no such workflow)."""
-        name = _base_name(workflow_name)
-        wid = parse_uuid(workflow_id)
-        shard = self.shard_of(name, wid)
+        name, wid, shard = self._locate(workflow_name, workflow_id)
         with store.wrapped(), self.connection() as c:
             row = store.get_workflow(c, shard, wid, _tenant(tenant_id))
             if row is None:
@@ -319,10 +323,8 @@ class Engine:
     ) -> Any:
         """Block until the workflow ends; return its output, or raise
         WorkflowFailed (failed or cancelled), or TimeoutError after ``timeout`` s."""
-        name = _base_name(workflow_name)
-        wid = parse_uuid(workflow_id)
+        name, wid, shard = self._locate(workflow_name, workflow_id)
         tenant = _tenant(tenant_id)
-        shard = self.shard_of(name, wid)
         deadline = None if timeout is None else time.monotonic() + timeout
         with store.wrapped(), store.connect(self.dsn, autocommit=True) as listen:
             store.listen(listen, [sharding.channel(shard, "flows-done")])
@@ -352,10 +354,8 @@ class Engine:
         """Cancel a running workflow: it ends as ``cancelled`` and its pending
         work is dropped (an activity attempt in flight finishes unrecorded).
         False if it had already ended."""
-        name = _base_name(workflow_name)
-        wid = parse_uuid(workflow_id)
+        name, wid, shard = self._locate(workflow_name, workflow_id)
         tenant = _tenant(tenant_id)
-        shard = self.shard_of(name, wid)
         with store.wrapped(), self.connection() as c, c.transaction():
             found = store.workflow_tenant_and_status(c, shard, wid, tenant, lock="UPDATE")
             if found is None:
