@@ -73,3 +73,21 @@ def test_a_users_module_type_checks_against_the_package_as_built(tmp_path: Path)
     errors = [line for line in out.stdout.splitlines() if ": error:" in line]
     assert errors == ['wrong.py:6: error: Incompatible return value type (got "UUID", expected "int")  [return-value]'], \
         out.stdout + out.stderr
+
+
+def test_the_readme_blocks_type_check_from_a_folder_of_their_own(tmp_path: Path) -> None:
+    """As a reader would check their copy of "Writing a workflow", outside the
+    checkout: the venv's flows (an editable install ./dev made) is visible to
+    mypy, and the README's code is --strict clean."""
+    from tests.integration.test_readme import readme_blocks
+
+    names = []
+    for number, block in enumerate(readme_blocks((ROOT / "README.md").read_text()), 1):
+        if "no-run" not in block.tags:
+            names.append(block.name or f"readme_block_{number}.py")
+            (tmp_path / names[-1]).write_text(block.code)
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / ".cache"), *names],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
