@@ -1,6 +1,9 @@
-"""A three-activity workflow with a signal and a durable sleep, end to end.
+"""A three-activity workflow with a signal and a durable sleep, end to end,
+with its worker on a thread of the same process.
 
-    DATABASE_URL=... python examples/quickstart.py   (embedded PostgreSQL if unset)
+    ./dev python examples/quickstart.py     (from the checkout; the venv's python)
+
+The database is DATABASE_URL, else the embedded development server.
 """
 
 from __future__ import annotations

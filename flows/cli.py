@@ -20,6 +20,13 @@ from flows.errors import FlowsError
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
 
+def _default_logging() -> None:
+    """Log INFO and up (``FLOWS_LOG_LEVEL``) to stderr in LOG_FORMAT, unless
+    logging is configured already (by the app module ``flows worker`` imports)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=os.environ.get("FLOWS_LOG_LEVEL", "INFO"), format=LOG_FORMAT, stream=sys.stderr)
+
+
 def _engine(args: argparse.Namespace) -> Engine:
     return Engine(embedded.database_url(), shards=args.shards)
 
@@ -39,8 +46,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from flows.worker import Worker
 
     importlib.import_module(args.app)
+    _default_logging()  # after the app, which may configure logging its own way
     shards = [int(k) for k in args.shard_indices.split(",")] if args.shard_indices else None
     with _engine(args) as engine:
+        # An unreachable database fails here, named, instead of being retried for ever.
+        store.connect(engine.dsn, timeout_seconds=store.CONNECT_TIMEOUT_SECONDS).close()
         Worker(engine, shards=shards, concurrency=args.concurrency).run()
     return 0
 
@@ -123,9 +133,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("FLOWS_LOG_LEVEL", "INFO"), format=LOG_FORMAT, stream=sys.stderr)
     argv = list(sys.argv[1:] if argv is None else argv)
     args, unknown = parser().parse_known_args(argv)
+    if args.command not in ("worker", "supervise"):  # those set up logging once the app is imported
+        _default_logging()
     if args.command == "supervise":  # everything after the word is the supervisor's (REMAINDER drops options)
         args.rest = argv[argv.index("supervise") + 1:]
         if args.shards is not None:

@@ -1,8 +1,9 @@
 """The client side: start, signal, query, await and cancel workflows.
 
-Callers always name a workflow by its base name; the engine derives the
-shard from the id. The connection pool opens on first use, so an Engine
-built before ``fork()`` is safe to use in the child.
+Callers name a workflow by its base name (or by the sharded name a
+WorkflowStatus carries); the engine derives the shard from the id. The
+connection pool opens on first use, so an Engine built before ``fork()`` is
+safe to use in the child.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from flows import codec, sharding, store
 from flows.definitions import WorkflowDefinition, find_workflow
 from flows.errors import (
     ConfigurationError,
-    DatabaseError,
     InvalidInput,
     WorkflowFailed,
     WorkflowNotFound,
@@ -68,9 +68,11 @@ class ActivityStatus(msgspec.Struct, frozen=True):
 
 
 class WorkflowStatus(msgspec.Struct, frozen=True):
-    """Where a workflow stands. ``waiting_for`` names what blocks it:
-    ``activity:<name>``, ``signal:<name>`` or ``timer``; with an activity,
-    ``activity`` describes its attempts (from ``query`` only)."""
+    """Where a workflow stands. ``name`` is the sharded name it is stored
+    under (``order-shard-2``), which every Engine call accepts in place of
+    the base name. ``waiting_for`` names what blocks it: ``activity:<name>``,
+    ``signal:<name>`` or ``timer``; with an activity, ``activity`` describes
+    its attempts (from ``query`` only)."""
 
     id: UUID
     tenant_id: UUID
@@ -128,6 +130,7 @@ class Engine:
         self.pool_size = pool_size or int(os.environ.get("FLOWS_POOL_SIZE", "10"))
         self._lock = threading.Lock()
         if isinstance(dsn_or_pool, str):
+            store.check_dsn(dsn_or_pool)  # a placeholder or malformed string fails here, not at first use
             self.dsn = dsn_or_pool
             self._holder: _PoolHolder | None = None
         else:
@@ -142,14 +145,28 @@ class Engine:
         if holder is None or holder.pid != os.getpid():  # never use a pool across fork()
             with self._lock:
                 if self._holder is None or self._holder.pid != os.getpid():
+                    # One connection first, so that a server that cannot be
+                    # reached fails at once with its reason, instead of the
+                    # pool retrying in the background until a caller times out.
+                    store.connect(self.dsn, timeout_seconds=store.CONNECT_TIMEOUT_SECONDS).close()
                     self._holder = _PoolHolder(os.getpid(), store.open_pool(self.dsn, max_size=self.pool_size, check=True))
                 holder = self._holder
         return holder.pool
 
     @contextmanager
-    def connection(self) -> Iterator[Any]:
-        with self.pool.connection() as conn:
-            yield conn
+    def connection(self, timeout: float | None = None) -> Iterator[Any]:
+        """A connection of the pool for the block (committed at its end, rolled
+        back on an exception); DatabaseError if none can be had."""
+        pool = self.pool
+        try:
+            conn = pool.getconn(timeout=timeout)
+        except store.PoolTimeout as exc:
+            raise store.connection_error(self.dsn, exc) from exc
+        try:
+            with conn:  # a pool's connection stays open at the end of the block
+                yield conn
+        finally:
+            pool.putconn(conn)
 
     def close(self) -> None:
         """Close the pool this engine opened (a caller's own pool is left open)."""
@@ -173,7 +190,19 @@ class Engine:
             return migrate.migrate(self.dsn)
 
     def shard_of(self, workflow_name: str, workflow_id: UUID) -> str:
-        return sharding.sharded_name(workflow_name, workflow_id, self.shards)
+        """The sharded name (``order-shard-2``) a workflow of this name and id is stored under."""
+        return sharding.sharded_name(sharding.split_sharded(workflow_name)[0], workflow_id, self.shards)
+
+    def _locate(self, workflow_name: object, workflow_id: object) -> tuple[str, UUID, str]:
+        """The base name, id and shard of a workflow named by its base name
+        (``order``) or by the sharded name a WorkflowStatus carries (``order-shard-2``)."""
+        name = _base_name(workflow_name)
+        wid = parse_uuid(workflow_id)
+        base, index = sharding.split_sharded(name)
+        shard = self.shard_of(base, wid)
+        if index is not None and shard != name:
+            raise WorkflowNotFound(f"no workflow {name}/{wid}: with {self.shards} shards, that id belongs on {shard}")
+        return base, wid, shard
 
     def shard_names(self, workflow_name: str) -> list[str]:
         return sharding.all_shard_names(workflow_name, self.shards)
@@ -235,14 +264,12 @@ class Engine:
         """Deliver signal ``signal_name`` to a running workflow; it is kept
         until the workflow waits for it. Raises WorkflowNotFound, or
         WorkflowNotRunning once the workflow has ended."""
-        name = _base_name(workflow_name)
-        wid = parse_uuid(workflow_id)
+        name, wid, shard = self._locate(workflow_name, workflow_id)
         tenant = _tenant(tenant_id)
         if not isinstance(signal_name, str) or not signal_name or len(signal_name) > 200 or "\0" in signal_name:
             raise InvalidInput(f"signal_name must be a non-empty string of <= 200 chars without NUL, got {signal_name!r}",
                                path="signal_name")
         data = codec.encode(payload, "payload")
-        shard = self.shard_of(name, wid)
         signal_id = uuid6.uuid7()
         with store.wrapped(), self.connection() as c:
             status = store.send_signal(c, shard=shard, workflow_id=wid, tenant_id=tenant, signal_id=signal_id,
@@ -253,18 +280,9 @@ class Engine:
             raise WorkflowNotRunning(f"workflow {name}/{wid} is {status}; it takes no more signals")
         return signal_id
 
-    def _row(self, name: str, wid: UUID, tenant: UUID | None) -> store.WorkflowRow:
-        with store.wrapped(), self.connection() as c:
-            row = store.get_workflow(c, self.shard_of(name, wid), wid, tenant)
-        if row is None:
-            raise WorkflowNotFound(f"no workflow {name}/{wid}")
-        return row
-
     def query(self, workflow_name: str, workflow_id: object, *, tenant_id: object = None) -> WorkflowStatus:
         """The workflow's current status (``WorkflowNotFound`` if this tenant has no such workflow)."""
-        name = _base_name(workflow_name)
-        wid = parse_uuid(workflow_id)
-        shard = self.shard_of(name, wid)
+        name, wid, shard = self._locate(workflow_name, workflow_id)
         with store.wrapped(), self.connection() as c:
             row = store.get_workflow(c, shard, wid, _tenant(tenant_id))
             if row is None:
@@ -297,22 +315,16 @@ class Engine:
 
     def ping(self, timeout: float = 2.0) -> None:
         """Check the database answers within ``timeout`` seconds; raise DatabaseError if not."""
-        with store.wrapped():
-            try:
-                with self.pool.connection(timeout=timeout) as conn:
-                    store.ping(conn)
-            except store.PoolTimeout as exc:
-                raise DatabaseError(f"no database connection within {timeout}s") from exc
+        with store.wrapped(), self.connection(timeout=timeout) as conn:
+            store.ping(conn)
 
     def result(
         self, workflow_name: str, workflow_id: object, *, timeout: float | None = None, tenant_id: object = None
     ) -> Any:
         """Block until the workflow ends; return its output, or raise
         WorkflowFailed (failed or cancelled), or TimeoutError after ``timeout`` s."""
-        name = _base_name(workflow_name)
-        wid = parse_uuid(workflow_id)
+        name, wid, shard = self._locate(workflow_name, workflow_id)
         tenant = _tenant(tenant_id)
-        shard = self.shard_of(name, wid)
         deadline = None if timeout is None else time.monotonic() + timeout
         with store.wrapped(), store.connect(self.dsn, autocommit=True) as listen:
             store.listen(listen, [sharding.channel(shard, "flows-done")])
@@ -342,10 +354,8 @@ class Engine:
         """Cancel a running workflow: it ends as ``cancelled`` and its pending
         work is dropped (an activity attempt in flight finishes unrecorded).
         False if it had already ended."""
-        name = _base_name(workflow_name)
-        wid = parse_uuid(workflow_id)
+        name, wid, shard = self._locate(workflow_name, workflow_id)
         tenant = _tenant(tenant_id)
-        shard = self.shard_of(name, wid)
         with store.wrapped(), self.connection() as c, c.transaction():
             found = store.workflow_tenant_and_status(c, shard, wid, tenant, lock="UPDATE")
             if found is None:

@@ -73,7 +73,15 @@ class MigrationChanged(FlowsError):
 
 
 class DatabaseError(FlowsError):
-    """The database refused or lost a statement (wraps psycopg.Error)."""
+    """The database refused or lost a statement (wraps psycopg.Error), or the
+    connection string cannot be used; the message names the host (never the
+    password) and what to check."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database could not be reached with a valid connection string
+    (refused, unresolvable host, timeout, authentication), or the connection
+    was lost: worth a retry later."""
 
 
 class Suspend(BaseException):

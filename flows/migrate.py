@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 
+from flows import store
 from flows.errors import ConfigurationError, MigrationChanged
 
 log = logging.getLogger("flows.migrate")
@@ -138,5 +139,7 @@ def apply(conn: psycopg.Connection, directory: Path | None = None) -> list[str]:
 
 
 def migrate(dsn: str, directory: Path | None = None) -> list[str]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    """Apply what is pending on the database at ``dsn``; DatabaseError naming
+    the host if it cannot be reached."""
+    with store.connect(dsn, autocommit=True, timeout_seconds=store.CONNECT_TIMEOUT_SECONDS) as conn:
         return apply(conn, directory)

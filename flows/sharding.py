@@ -69,6 +69,15 @@ def base_name(sharded: str) -> str:
     return sharded.rsplit("-shard-", 1)[0]
 
 
+def split_sharded(name: str) -> tuple[str, int | None]:
+    """``("order", 2)`` for ``order-shard-2``; ``(name, None)`` for a base
+    name (definitions may not contain ``-shard-``, so the two never clash)."""
+    base, sep, index = name.rpartition("-shard-")
+    if sep and base and index.isdigit():
+        return base, int(index)
+    return name, None
+
+
 def channel(shard: str, kind: str = "flows") -> str:
     """The LISTEN/NOTIFY channel of one shard: ``flows`` wakes its workers,
     ``flows-done`` announces workflows that ended (for ``Engine.result``)."""

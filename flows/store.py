@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,7 @@ from uuid import UUID
 
 import msgspec
 import psycopg
+import psycopg.conninfo
 import psycopg.errors
 from psycopg import sql
 from psycopg.adapt import PyFormat, Transformer
@@ -27,7 +29,7 @@ from psycopg_pool import ConnectionPool
 
 from flows import codec, history, sharding
 from flows.codec import Json
-from flows.errors import DatabaseError
+from flows.errors import DatabaseError, DatabaseUnavailable
 
 log = logging.getLogger("flows.store")
 
@@ -40,6 +42,7 @@ TRANSIENT_ERRORS = (
     psycopg.OperationalError,
     psycopg.errors.SerializationFailure,
     psycopg.errors.DeadlockDetected,
+    DatabaseUnavailable,  # connect() failed: the server may come back
 )
 
 # jsonb goes out as the bytes msgspec made (our own Json type only) and comes
@@ -57,8 +60,82 @@ def _text_array(items: tuple[str, ...]) -> str:
     return bytes(Transformer().get_dumper(values, PyFormat.TEXT).dump(values) or b"{}").decode()
 
 
-def connect(dsn: str, *, autocommit: bool = False) -> Conn:
-    return psycopg.connect(dsn, autocommit=autocommit)
+# -- connecting: every failure becomes a DatabaseError naming the host ----------
+
+CONNECT_TIMEOUT_SECONDS = 10  # a first connection slower than this fails instead of hanging
+_CHECK = "DATABASE_URL (or the connection string given to flows.Engine)"
+_FORMS = "postgresql://user:password@host:5432/dbname, or key=value pairs"
+_PASSWORDS = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)|://[^:/@\s]*:([^@\s]*)@")
+
+
+def _redacted(text: str, dsn: str) -> str:
+    """``text`` without any password the connection string holds."""
+    for match in _PASSWORDS.finditer(dsn):
+        secret = match.group(1) or match.group(2)
+        if secret:
+            text = text.replace(secret.strip("'"), "***")
+    return text
+
+
+def _where(params: dict[str, Any]) -> str:
+    host = params.get("host") or params.get("hostaddr") or ""
+    where = f"the local socket in {host!r}" if host.startswith("/") else f"host {host!r}" if host else "the default local socket"
+    if params.get("port"):
+        where += f" port {params['port']}"
+    more = [f"{label} {params[key]!r}" for key, label in (("dbname", "database"), ("user", "user")) if params.get(key)]
+    return where + (f" ({', '.join(more)})" if more else "")
+
+
+def _bad_dsn(dsn: str, problem: str) -> DatabaseError:
+    return DatabaseError(_redacted(f"the database connection string {problem}. Check {_CHECK}: it takes the form {_FORMS}", dsn))
+
+
+def check_dsn(dsn: str) -> None:
+    """Raise DatabaseError if no connection could ever be made with ``dsn``:
+    it does not parse, or names a host or port that cannot exist."""
+    if not isinstance(dsn, str):
+        raise DatabaseError(f"the database connection string must be a str, not {type(dsn).__name__}")
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        # libpq quotes the token it choked on, which may be part of a password.
+        detail = "" if _PASSWORDS.search(dsn) else f" ({str(exc).strip()})"
+        raise _bad_dsn(dsn, f"cannot be parsed{detail}") from None
+    for host in str(params.get("host") or "").split(","):
+        if host and not host.startswith(("/", "@")):
+            try:
+                host.encode("idna")
+            except UnicodeError:
+                raise _bad_dsn(dsn, f"names an invalid host {host!r}") from None
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise _bad_dsn(dsn, f"names an invalid port {port!r}")
+
+
+def connection_error(dsn: str, exc: BaseException) -> DatabaseError:
+    """The DatabaseError to raise when connecting with ``dsn`` failed with
+    ``exc``: it names the host (never the password) and what to check;
+    DatabaseUnavailable when a retry may succeed."""
+    try:
+        check_dsn(dsn)
+    except DatabaseError as bad:
+        return bad
+    where = _where(psycopg.conninfo.conninfo_to_dict(dsn))
+    # libpq's first line says what failed (refused, unresolvable, timed out,
+    # no such database or role, bad password); its later lines are hints.
+    reason = " ".join((str(exc).strip().splitlines() or [type(exc).__name__])[0].split())
+    cls = DatabaseUnavailable if isinstance(exc, psycopg.OperationalError) else DatabaseError
+    return cls(_redacted(f"cannot connect to the database at {where}: {reason}. Check {_CHECK}, and that the"
+                         " server runs there and is reachable from here.", dsn))
+
+
+def connect(dsn: str, *, autocommit: bool = False, timeout_seconds: float | None = None) -> Conn:
+    """A new connection; DatabaseError (DatabaseUnavailable when worth a retry) if none can be made."""
+    extra: dict[str, Any] = {} if timeout_seconds is None else {"connect_timeout": max(1, round(timeout_seconds))}
+    try:
+        return psycopg.connect(dsn, autocommit=autocommit, **extra)
+    except (psycopg.Error, UnicodeError) as exc:  # an invalid host name fails in the idna codec
+        raise connection_error(dsn, exc) from exc
 
 
 def open_pool(
@@ -94,11 +171,13 @@ def open_pool(
 
 @contextmanager
 def wrapped() -> Iterator[None]:
-    """Raise psycopg errors as DatabaseError (keeping the original as cause)."""
+    """Raise psycopg errors as DatabaseError (keeping the original as cause);
+    DatabaseUnavailable for the connection-class ones (a retry may succeed)."""
     try:
         yield
     except psycopg.Error as exc:
-        raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
+        cls = DatabaseUnavailable if isinstance(exc, psycopg.OperationalError) else DatabaseError
+        raise cls(f"{type(exc).__name__}: {exc}") from exc
 
 
 def ping(conn: Conn) -> None:
@@ -789,7 +868,7 @@ def count_tasks(conn: Conn) -> dict[str, dict[str, int]]:
 def connect_supervisor(dsn: str, *, timeout_seconds: float) -> Conn:
     """An autocommit connection for the supervisor, failing fast when the
     server does not answer (a supervisor must not hang on the database)."""
-    return psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout_seconds)))
+    return connect(dsn, autocommit=True, timeout_seconds=timeout_seconds)
 
 
 def fleet_schema_ready(conn: Conn) -> bool:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from flows import migrate, sharding, store
-from flows.errors import DatabaseError, FlowsError
+from flows.errors import DatabaseError, DatabaseUnavailable, FlowsError
 from supervisor import child as childproc
 from supervisor.child import Ready, WorkerSpec
 from supervisor.exits import EXIT_BOOT_ERROR, EXIT_DATABASE, EXIT_OK, ChildExit, classify, signal_name
@@ -390,7 +390,9 @@ class Arbiter:
                 break
             except DatabaseError as exc:
                 self._close_db()
-                if time.monotonic() >= deadline:
+                # A connection string that cannot work fails at once; a server
+                # that does not answer may be starting with us: wait a little.
+                if not isinstance(exc, DatabaseUnavailable) or time.monotonic() >= deadline:
                     log.error("database-unreachable error=%s", exc)
                     return False
                 time.sleep(0.5)

@@ -128,7 +128,8 @@ def _serve(spec: WorkerSpec, sock: socket.socket) -> int:
     from flows.worker import Worker
 
     try:
-        importlib.import_module(spec.app)
+        with logs.unless_app_configures():
+            importlib.import_module(spec.app)
         engine = Engine(spec.dsn, shards=spec.shards)
         worker = Worker(
             engine, shards=spec.group, concurrency=spec.concurrency, graceful_timeout=spec.graceful_timeout,

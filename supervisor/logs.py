@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 LOG_FORMAT = "%(asctime)s [%(process)d] [%(role)s] %(levelname)s %(name)s: %(message)s"
 
@@ -19,14 +21,28 @@ class _Role(logging.Filter):
 
 
 _role = _Role()
+_handler = logging.StreamHandler(sys.stderr)
+_handler.addFilter(_role)
+_handler.setFormatter(logging.Formatter(LOG_FORMAT))
 
 
 def setup(level: str | None = None) -> None:
     """Log to stderr (what process managers collect), replacing other handlers."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_role)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    logging.basicConfig(level=level or os.environ.get("FLOWS_LOG_LEVEL", "INFO"), handlers=[handler], force=True)
+    logging.basicConfig(level=level or os.environ.get("FLOWS_LOG_LEVEL", "INFO"), handlers=[_handler], force=True)
+
+
+@contextmanager
+def unless_app_configures() -> Iterator[None]:
+    """Around a worker's import of the app: if the app sets up logging of
+    its own (``logging.basicConfig``, ``dictConfig``, a handler on the root
+    logger), its setup stays and ours goes; otherwise ours comes back."""
+    root = logging.getLogger()
+    root.removeHandler(_handler)
+    try:
+        yield
+    finally:
+        if not root.handlers:
+            root.addHandler(_handler)
 
 
 def set_role(role: str) -> None:

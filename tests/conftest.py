@@ -4,6 +4,7 @@ of it for every test."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -24,14 +25,24 @@ ADMIN_URL_ENV = "FLOWS_TEST_ADMIN_URL"
 
 
 RUN_ENV = "FLOWS_TEST_RUN"
+_server_session = contextlib.ExitStack()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Start the server once, before xdist forks its workers (they inherit the
     # env); name this run's databases apart from any other run's on the server.
+    # The embedded server is held as a session: stopped when the run ends if
+    # the run started it and no other run or `./dev` command still uses it.
     if not os.environ.get(ADMIN_URL_ENV):
-        os.environ[ADMIN_URL_ENV] = os.environ.get("DATABASE_URL") or embedded.start(ROOT / ".pgdata")
+        url = os.environ.get("DATABASE_URL") or _server_session.enter_context(
+            embedded.session(Path(os.environ.get(embedded.PGDATA_ENV) or ROOT / ".pgdata"))
+        )
+        os.environ[ADMIN_URL_ENV] = url
     os.environ.setdefault(RUN_ENV, f"{os.getpid():x}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _server_session.close()
 
 
 def _admin() -> psycopg.Connection[Any]:

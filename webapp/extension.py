@@ -142,7 +142,8 @@ class FlowsClient:
             # The class only (UndefinedTable, OperationalError...): the message
             # can name hosts, and /healthz answers anyone. The log has it all.
             current_app.logger.warning("healthz-error error=%s", exc)
-            return f"database error: {str(exc).split(':', 1)[0]} (details in the server log)"
+            kind = type(exc.__cause__ or exc).__name__  # the database's own error, when it has one
+            return f"database error: {kind} (details in the server log)"
         return None
 
 

@@ -207,7 +207,8 @@ def test_query_shows_the_input_decoded_and_ping_answers(engine: Engine) -> None:
 
 def test_ping_fails_clearly_when_the_database_is_unreachable() -> None:
     with Engine("host=/nonexistent dbname=x connect_timeout=1") as engine:
-        with pytest.raises(flows.DatabaseError, match="no database connection within 0.5s"):
+        with pytest.raises(flows.DatabaseUnavailable, match="cannot connect to the database at the local socket in "
+                                                            "'/nonexistent' .*No such file or directory"):
             engine.ping(timeout=0.5)
 
 
@@ -292,3 +293,24 @@ def test_a_claim_says_when_its_shards_next_task_of_the_workers_versions_falls_du
     assert now_due is not None and now_due <= 0  # the second workflow's task waited
     assert timer_due is not None and 3590 < timer_due <= 3600
     assert still_timer is not None and 3590 < still_timer <= 3600
+
+
+
+def test_the_sharded_name_a_status_shows_is_accepted_wherever_a_name_is(engine: Engine, worker: Any) -> None:
+    run = engine.start(documents, ["a", "b"])
+    status = engine.query(run.workflow_name, run.workflow_id)
+    assert status.name == run.workflow_name_sharded == engine.shard_of("t-documents", run.workflow_id)
+    sharded = status.name
+    assert engine.query(sharded, run.workflow_id).id == run.workflow_id
+    assert engine.shard_of(sharded, run.workflow_id) == sharded
+    engine.send_signal(sharded, run.workflow_id, "doc-a", {"n": 1})
+    with pytest.raises(TimeoutError):
+        engine.result(sharded, run.workflow_id, timeout=0.5)  # found, still waiting for doc-b
+    assert engine.cancel(sharded, run.workflow_id) is True
+    assert engine.query(sharded, run.workflow_id).status == "cancelled"
+
+    other = next(n for n in engine.shard_names("t-documents") if n != sharded)
+    with pytest.raises(flows.WorkflowNotFound, match=f"that id belongs on {sharded}"):
+        engine.query(other, run.workflow_id)
+    with pytest.raises(flows.WorkflowNotFound):
+        engine.send_signal(other, run.workflow_id, "doc-b")

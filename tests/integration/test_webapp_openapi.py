@@ -101,9 +101,22 @@ def test_unreachable_database_is_503_within_the_health_timeout() -> None:
         r = app.test_client().get("/healthz")
         assert time.monotonic() - began < 5
         assert r.status_code == 503 and r.json["error"] == "database unreachable"
-        assert "no answer within 0.5s" in r.json["detail"]
+        assert r.json["detail"] == "database error: OperationalError (details in the server log)"  # no host named
     finally:
         flows_client.close(app)
+
+
+def test_a_database_that_never_answers_is_503_after_the_health_timeout() -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        app = make_app(f"postgresql://postgres@127.0.0.1:{port}/nope?connect_timeout=3", HEALTH_TIMEOUT=0.5)
+        try:
+            r = app.test_client().get("/healthz")
+            assert r.status_code == 503 and r.json == {"error": "database unreachable", "detail": "no answer within 0.5s"}
+        finally:
+            flows_client.close(app)
 
 
 def test_api_errors_from_the_database_are_503_not_500(db: psycopg.Connection[Any], http: FlaskClient) -> None:

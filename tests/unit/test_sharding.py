@@ -52,3 +52,11 @@ def test_names_and_channels() -> None:
 def test_split_groups_covers_every_shard_once() -> None:
     assert sharding.split_groups([0, 1, 2, 3, 4], 2) == [[0, 2, 4], [1, 3]]
     assert sharding.split_groups([0, 1], 8) == [[0], [1]]
+
+
+def test_split_sharded_tells_a_sharded_name_from_a_base_name() -> None:
+    assert sharding.split_sharded("loan-application-shard-12") == ("loan-application", 12)
+    assert sharding.split_sharded("loan-application") == ("loan-application", None)
+    assert sharding.split_sharded("x-shard-") == ("x-shard-", None)
+    assert sharding.split_sharded("-shard-1") == ("-shard-1", None)
+    assert sharding.split_sharded("x-shard-a") == ("x-shard-a", None)
