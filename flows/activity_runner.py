@@ -17,6 +17,7 @@ import ctypes
 import heapq
 import logging
 import math
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,12 +36,30 @@ log = logging.getLogger("flows.worker")
 RECORD_RETRY_SECONDS = 60.0  # keep trying to record an attempt's end this long while the database is away
 RECONNECT_MAX_SECONDS = 5.0
 HEARTBEAT_FLUSH_MAX_SECONDS = 30.0  # the longest a heartbeat's details wait before reaching the database
+# Most attempt ends of one shard recorded in one transaction (1: each alone).
+RECORD_BATCH = int(os.environ.get("FLOWS_RECORD_BATCH", "8"))
 
 
 class AttemptInterrupted(BaseException):
     """Raised in an attempt's thread once it ran past its timeout (and was
     recorded so): a BaseException, so the activity's ``except Exception``
     lets it through while its ``finally`` blocks run."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    """An attempt's end waiting to be recorded with others of its shard."""
+
+    attempt: Attempt
+    lease_to: str | None
+    wake: threading.Event = field(default_factory=threading.Event)
+    done: bool = False
+    leased: store.ActivityTask | None = None
+    error: BaseException | None = None
+
+    def finish(self, leased: store.ActivityTask | None, error: BaseException | None = None) -> None:
+        self.leased, self.error, self.done = leased, error, True
+        self.wake.set()
 
 
 @dataclass(eq=False)
@@ -101,6 +120,8 @@ class ActivityRunner:
         self.immediate = False  # stop without recording anything more
         self._in_flight = 0
         self._lock = threading.Lock()
+        self._pending: dict[str, list[_Pending]] = {}  # attempt ends waiting for the shard's recorder
+        self._recording: set[str] = set()  # shards with a recorder at work
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="flows-activity")
         self._watch: list[tuple[float, int, Running]] = []
         self._watch_seq = 0
@@ -342,10 +363,77 @@ class ActivityRunner:
     # -- recording ------------------------------------------------------------------
 
     def _record(self, attempt: Attempt, lease_to: str | None) -> store.ActivityTask | None:
-        """Record an attempt's end, retrying while the database is away; if
+        """Record an attempt's end. Attempts of one shard ending while another
+        is being recorded are recorded together next, in one transaction (a
+        group commit: the first to come records at once; those arriving
+        meanwhile wait for that, then go together). Returns the workflow's
+        next activity when it was leased to ``lease_to`` (us)."""
+        if RECORD_BATCH <= 1:
+            return self._record_alone(attempt, lease_to)
+        mine = _Pending(attempt, lease_to)
+        shard = attempt.task.shard
+        with self._lock:
+            self._pending.setdefault(shard, []).append(mine)
+            lead = shard not in self._recording
+            self._recording.add(shard)
+        if not lead:
+            mine.wake.wait()  # recorded by the leader, or made the next leader
+        if not mine.done:
+            self._lead(shard)
+        if mine.error is not None:
+            raise mine.error
+        return mine.leased
+
+    def _lead(self, shard: str) -> None:
+        """Record the shard's waiting attempts (this thread's first, at most
+        one per workflow, up to RECORD_BATCH), then hand the lead on."""
+        with self._lock:
+            queue = self._pending.get(shard, [])
+            batch: list[_Pending] = []
+            rest: list[_Pending] = []
+            workflows: set[Any] = set()
+            for pending in queue:
+                wid = pending.attempt.task.workflow_id
+                if len(batch) < RECORD_BATCH and wid not in workflows:
+                    batch.append(pending)
+                    workflows.add(wid)
+                else:
+                    rest.append(pending)
+            self._pending[shard] = rest
+        try:
+            self._record_batch(batch)
+        finally:
+            with self._lock:
+                rest = self._pending.get(shard, [])
+                if rest:
+                    rest[0].wake.set()  # it leads the next round
+                else:
+                    self._recording.discard(shard)
+                    self._pending.pop(shard, None)
+
+    def _record_batch(self, batch: list[_Pending]) -> None:
+        if len(batch) > 1:
+            ordered = sorted(batch, key=lambda p: str(p.attempt.task.workflow_id))  # one lock order: no deadlocks
+            try:
+                with self.pool.connection() as conn, store.StepTransaction(conn) as tx:
+                    results = self.steps.record_attempts(tx, [(p.attempt, p.lease_to) for p in ordered], self.owner)
+            except Exception as exc:  # noqa: BLE001 - each on its own then, with its retries
+                log.warning("record-batch-failed attempts=%s error=%s: one at a time", len(batch), type(exc).__name__)
+            else:
+                for pending, (leased, news) in zip(ordered, results):
+                    self.on_news(news)
+                    pending.finish(leased[0] if leased else None)
+                return
+        for pending in batch:
+            try:
+                pending.finish(self._record_alone(pending.attempt, pending.lease_to))
+            except BaseException as exc:  # noqa: BLE001 - handed to the attempt's own thread
+                pending.finish(None, exc)
+
+    def _record_alone(self, attempt: Attempt, lease_to: str | None) -> store.ActivityTask | None:
+        """Record one attempt's end, retrying while the database is away; if
         that fails for too long the lease runs out and another worker records
-        it as lost. Returns the workflow's next activity when it was leased
-        to ``lease_to`` (us)."""
+        it as lost."""
         deadline = time.monotonic() + RECORD_RETRY_SECONDS
         delay = 0.1
         while True:

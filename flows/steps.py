@@ -154,6 +154,20 @@ class Prepared:
     news: News | None
 
 
+@dataclass
+class AttemptPlan:
+    """How an attempt's end is recorded: ``step``, from a replay
+    (``prepared``) or, for a failed attempt to retry, alone (with what the
+    worker remembers of the workflow, to bring up to date after)."""
+
+    step: store.Step
+    key: tuple[str, Any]
+    prepared: Prepared | None = None
+    memory: Memory | None = None
+    retry_events: list[tuple[int, str, Any]] = field(default_factory=list)
+    news: News | None = None
+
+
 @dataclass(frozen=True)
 class Attempt:
     """How an activity attempt ended, to be recorded: ``output`` (JSON) or
@@ -416,14 +430,52 @@ class StepWriter:
         after the retry policy's delay. Returns the activity the replay
         leased to ``lease_to``, if any, and the news for our wake-ups."""
         task = attempt.task
+        state = store.lock_activity(tx, task, owner, self.cache.stamp((task.shard, task.workflow_id)))
+        plan = self.plan_attempt(tx, attempt, state, lease_to)
+        if plan is None:
+            return [], None
+        try:
+            stamp = store.record_step(tx, plan.step)
+        except BaseException:
+            self.abort_attempt(plan)
+            raise
+        return self.finish_attempt(plan, stamp)
+
+    def record_attempts(
+        self, tx: store.StepTransaction, items: list[tuple[Attempt, str | None]], owner: str
+    ) -> list[tuple[list[store.ActivityTask], News | None]]:
+        """``record_attempt`` for attempts of different workflows of one
+        shard, in one transaction: their locks in one round trip, their
+        steps and the commit in another."""
+        tasks = [(a.task, self.cache.stamp((a.task.shard, a.task.workflow_id))) for a, _ in items]
+        states = store.lock_activities(tx, tasks, owner)
+        plans: list[AttemptPlan | None] = []
+        try:
+            for (attempt, lease_to), state in zip(items, states):
+                plans.append(self.plan_attempt(tx, attempt, state, lease_to))
+            steps = [p.step for p in plans if p is not None]
+            stamps = iter(store.record_steps(tx, steps) if steps else [])
+        except BaseException:
+            for plan in plans:
+                if plan is not None:
+                    self.abort_attempt(plan)
+            raise
+        return [([], None) if plan is None else self.finish_attempt(plan, next(stamps)) for plan in plans]
+
+    def plan_attempt(
+        self, tx: store.StepTransaction, attempt: Attempt, state: store.ReplayState | None, lease_to: str | None
+    ) -> AttemptPlan | None:
+        """The step recording an attempt's end, given the workflow locked
+        for it (``state``: None when the delivery lost its lease); None when
+        there is nothing to record."""
+        task = attempt.task
         key = (task.shard, task.workflow_id)
-        state = store.lock_activity(tx, task, owner, self.cache.stamp(key))
         if state is None:
             log.info("activity-result-discarded name=%s id=%s attempt=%s: this delivery no longer holds the lease",
                      task.name, task.activity_id, task.attempt + 1)
-            return [], None
+            return None
         if state.workflow.status != "running":
-            return [], None
+            return None
         seq, name = task.sequence_num, task.name
         details = None if attempt.details is None else msgspec.Raw(attempt.details)
         recorded: tuple[int, msgspec.Struct]
@@ -450,21 +502,31 @@ class StepWriter:
                 if not alone:
                     step.wake_channel, step.wake_work = sharding.channel(wf.name), store.ACTIVITY_WORK
                 memory = self.cache.take(key)
-                try:
-                    stamp = store.record_step(tx, step)
-                except BaseException:
-                    if memory is not None:
-                        memory.forget()
-                    raise
-                if memory is not None and state.tail and memory.stamp == state.stamp:  # still current: add to it
-                    self._remember_retry(key, memory, stamp, list(state.events or []) + [(event.seq, event.kind,
-                                                                                          event.data)])
-                elif memory is not None:
-                    memory.forget()
-                return [], News(wf.name, retries_in=[delay]) if alone else None
+                if memory is not None and not (state.tail and memory.stamp == state.stamp):
+                    memory.forget()  # stale
+                    memory = None
+                new = list(state.events or []) + [(event.seq, event.kind, event.data)]
+                return AttemptPlan(step, key, memory=memory, retry_events=new,
+                                   news=News(wf.name, retries_in=[delay]) if alone else None)
             ended = store.ActivityEnd(task.activity_id, "failed", task.attempt, error=error, details=details)
             recorded = (seq, history.ActivityFailed(name, error, failures, attempt.duration_seconds))
-        return self.advance(tx, state, lease_to, ended, recorded)
+        prepared = self.prepare(tx, state, lease_to, ended, recorded)
+        return AttemptPlan(prepared.step, key, prepared=prepared)
+
+    def abort_attempt(self, plan: AttemptPlan) -> None:
+        if plan.prepared is not None:
+            self.abort(plan.prepared)
+        elif plan.memory is not None:
+            plan.memory.forget()
+
+    def finish_attempt(
+        self, plan: AttemptPlan, stamp: tuple[datetime, int]
+    ) -> tuple[list[store.ActivityTask], News | None]:
+        if plan.prepared is not None:
+            return self.finish(plan.prepared, stamp)
+        if plan.memory is not None:  # still current: it takes the retry's event
+            self._remember_retry(plan.key, plan.memory, stamp, plan.retry_events)
+        return [], plan.news
 
     def _remember_retry(self, key: tuple[str, Any], memory: Memory, stamp: tuple[datetime, int],
                         new: list[tuple[int, str, Any]]) -> None:

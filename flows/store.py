@@ -13,7 +13,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 from uuid import UUID
 
 import msgspec
@@ -565,6 +565,25 @@ def lock_activity(
         "SELECT flows_lock_activity_v3(%s, %s, %s, %s, %s, %s, %s::integer)",
         (task.shard, task.workflow_id, task.task_id, owner, task.token, updated_at, last_event),
     ))
+
+
+def lock_activities(
+    tx: StepTransaction, tasks: Sequence[tuple[ActivityTask, tuple[datetime, int | None] | None]], owner: str
+) -> list[ReplayState | None]:
+    """``lock_activity`` for several attempts (of different workflows) in one
+    round trip, which begins the transaction; in the order given."""
+    cur = psycopg.ClientCursor(tx.conn)
+    params: list[Any] = []
+    for task, stamp in tasks:
+        updated_at, last_event = stamp if stamp is not None else (None, None)
+        params += [task.shard, task.workflow_id, task.task_id, owner, task.token, updated_at, last_event]
+    cur.execute("BEGIN; " + "; ".join(
+        ["SELECT flows_lock_activity_v3(%s, %s, %s, %s, %s, %s, %s::integer)"] * len(tasks)), tuple(params))
+    states: list[ReplayState | None] = []
+    for _ in tasks:
+        cur.nextset()
+        states.append(_state(cur.fetchone()))
+    return states
 
 
 def load_state(tx: StepTransaction, shard: str, workflow_id: UUID, now: datetime) -> ReplayState:

@@ -18,7 +18,8 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 from flows import codec, sharding, store
 from flows.activity_runner import ActivityRunner
@@ -135,6 +136,8 @@ class Worker:
         self._replay_failures = 0
         self._step_failures: dict[tuple[str, Any], int] = {}
         self._backlog: set[str] = set()  # shards whose last claim found another task due: claimed in batches
+        self._in_flight: dict[str, int] = {}  # this worker's replay claims under way, per shard
+        self._held: set[str] = set()  # shards whose due tasks a claim found all held by our claims in flight
         self._lock = threading.Lock()
         self._pool: Any = None
         self._listener: Any = None
@@ -347,8 +350,38 @@ class Worker:
         backlog, several (``_run_batch``). With a slot free, the activity the
         replay schedules is leased to this worker and started here at once.
         Returns whether a task was claimed."""
-        if CLAIM_BATCH > 1 and ticket.shard in self._backlog:
-            return self._run_batch(ticket)
+        with self._claiming(ticket.shard):
+            if CLAIM_BATCH > 1 and ticket.shard in self._backlog:
+                return self._run_batch(ticket)
+            return self._run_one(ticket)
+
+    @contextmanager
+    def _claiming(self, shard: str) -> Iterator[None]:
+        """Count this worker's claims in flight per shard; when one found the
+        shard's due tasks all held meanwhile, the last to finish looks again."""
+        with self._lock:
+            self._in_flight[shard] = self._in_flight.get(shard, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[shard] -= 1
+                look_again = shard in self._held and self._in_flight[shard] == 0
+                if look_again:
+                    self._held.discard(shard)
+            if look_again:
+                self.wakeups.announce(REPLAY, [shard])
+
+    def _held_elsewhere(self, shard: str) -> float:
+        """A claim found the shard's due tasks all held by other transactions:
+        when they are ours (in flight here), the last of them to finish looks
+        again at once; another worker's are looked at again soon."""
+        with self._lock:
+            if self._in_flight.get(shard, 0) > 1:
+                self._held.add(shard)
+        return BUSY_RECHECK_SECONDS
+
+    def _run_one(self, ticket: Ticket) -> bool:
         slot = 0 if self._stopping.is_set() or not self.activities else self.runner.reserve(1)
         leased: list[store.ActivityTask] = []
         try:
@@ -360,7 +393,7 @@ class Worker:
                                                      self.steps.whole_below)
                         due = claimed.next_due
                         if claimed.state is None and due is not None and due <= 0:
-                            due = BUSY_RECHECK_SECONDS  # due, but held by another worker
+                            due = self._held_elsewhere(ticket.shard)
                         self.wakeups.learn(ticket, due)
                         state = claimed.state
                         if state is None:
@@ -399,7 +432,7 @@ class Worker:
                         states, due = store.claim_replays(tx, ticket.shard, self._versions[ticket.shard],
                                                           self.steps.whole_below, CLAIM_BATCH)
                         if not states and due is not None and due <= 0:
-                            due = BUSY_RECHECK_SECONDS
+                            due = self._held_elsewhere(ticket.shard)
                         self.wakeups.learn(ticket, due)
                         if due is None or due > 0:
                             self._backlog.discard(ticket.shard)

@@ -304,7 +304,7 @@ class Monitor:
             for r in self._all(
                 "SELECT extract(epoch FROM t.fire_at), extract(epoch FROM t.fired_at), extract(epoch FROM e.created_at)"
                 " FROM timers t LEFT JOIN history_events e ON e.workflow_name = t.workflow_name"
-                "  AND e.workflow_id = t.workflow_id AND e.sequence_num = t.sequence_num"
+                "  AND e.workflow_id = t.workflow_id AND coalesce(e.step, e.sequence_num) = t.sequence_num"
                 "  AND e.event_type = 'timer_fired'"
                 " WHERE t.workflow_name = ANY(%s)",
                 (shards,),
@@ -377,9 +377,9 @@ def load_backlog(
             (finished.shards, finished.ids),
         )
         conn.execute(
-            "INSERT INTO workflows (name, id, tenant_id, version, status, input, output, sequence_num,"
+            "INSERT INTO workflows (name, id, tenant_id, version, status, input, output, sequence_num, last_event,"
             " activity_results, created_at, updated_at, completed_at)"
-            " SELECT name, id, %(t)s, 1, 'completed', to_jsonb(n), to_jsonb(n + 3), 4,"
+            " SELECT name, id, %(t)s, 1, 'completed', to_jsonb(n), to_jsonb(n + 3), 4, 8,"
             "  jsonb_build_object('1', n + 1, '2', n + 2, '3', n + 3),"
             "  now() - interval '1 day', now() - interval '1 day', now() - interval '1 day'"
             " FROM lt_done",
@@ -398,36 +398,36 @@ def load_backlog(
             {"t": tenant_id, "a": finished_activity},
         )
         conn.execute(sql.SQL(
-            "INSERT INTO history_events (workflow_name, id, workflow_id, tenant_id, sequence_num, event_type,"
+            "INSERT INTO history_events (workflow_name, id, workflow_id, tenant_id, sequence_num, step, event_type,"
             " event_data, created_at)"
-            " SELECT name, {id}, id, %(t)s, 0, 'workflow_started', '{{\"version\": 1}}', now() - interval '1 day'"
+            " SELECT name, {id}, id, %(t)s, 1, 0, 'workflow_started', '{{\"version\": 1}}', now() - interval '1 day'"
             "  FROM lt_done"
-            " UNION ALL SELECT name, {id}, workflow_id, %(t)s, k, 'activity_scheduled',"
+            " UNION ALL SELECT name, {id}, workflow_id, %(t)s, 2 * k, k, 'activity_scheduled',"
             "  jsonb_build_object('name', %(a)s::text, 'activity_id', id, 'input', n + k - 1), now() - interval '1 day'"
             "  FROM lt_done_acts"
-            " UNION ALL SELECT name, {id}, workflow_id, %(t)s, k, 'activity_completed',"
+            " UNION ALL SELECT name, {id}, workflow_id, %(t)s, 2 * k + 1, k, 'activity_completed',"
             "  jsonb_build_object('name', %(a)s::text, 'output', n + k, 'attempt', 0), now() - interval '1 day'"
             "  FROM lt_done_acts"
-            " UNION ALL SELECT name, {id}, id, %(t)s, 4, 'workflow_completed', jsonb_build_object('output', n + 3),"
+            " UNION ALL SELECT name, {id}, id, %(t)s, 8, 0, 'workflow_completed', jsonb_build_object('output', n + 3),"
             "  now() - interval '1 day' FROM lt_done"
         ).format(id=new_id), {"t": tenant_id, "a": finished_activity})
 
         conn.execute(
-            "INSERT INTO workflows (name, id, tenant_id, version, status, input, sequence_num, waiting_for)"
-            " SELECT name, id, %s, 1, 'running', to_jsonb(n::int), 1, %s"
+            "INSERT INTO workflows (name, id, tenant_id, version, status, input, sequence_num, waiting_for, last_event)"
+            " SELECT name, id, %s, 1, 'running', to_jsonb(n::int), 1, %s, 1"
             " FROM unnest(%s::text[], %s::uuid[]) WITH ORDINALITY u(name, id, n)",
             (tenant_id, f"signal:{signal_name}", waiting_signal.shards, waiting_signal.ids),
         )
         conn.execute(
-            "INSERT INTO workflows (name, id, tenant_id, version, status, input, sequence_num, waiting_for)"
-            " SELECT name, id, %s, 1, 'running', to_jsonb(%s::float8), 1, 'timer'"
+            "INSERT INTO workflows (name, id, tenant_id, version, status, input, sequence_num, waiting_for, last_event)"
+            " SELECT name, id, %s, 1, 'running', to_jsonb(%s::float8), 1, 'timer', 2"
             " FROM unnest(%s::text[], %s::uuid[]) u(name, id)",
             (tenant_id, sleep_seconds, sleeping.shards, sleeping.ids),
         )
         conn.execute(sql.SQL(
-            "INSERT INTO history_events (workflow_name, id, workflow_id, tenant_id, sequence_num, event_type,"
+            "INSERT INTO history_events (workflow_name, id, workflow_id, tenant_id, sequence_num, step, event_type,"
             " event_data)"
-            " SELECT name, {}, id, %s, 0, 'workflow_started', '{{\"version\": 1}}'"
+            " SELECT name, {}, id, %s, 1, 0, 'workflow_started', '{{\"version\": 1}}'"
             " FROM unnest(%s::text[], %s::uuid[]) u(name, id)"
         ).format(new_id), (tenant_id, [*waiting_signal.shards, *sleeping.shards], [*waiting_signal.ids, *sleeping.ids]))
         conn.execute(sql.SQL(
@@ -442,13 +442,13 @@ def load_backlog(
         )
         conn.execute(sql.SQL(
             "INSERT INTO task_queue (workflow_name, id, workflow_id, tenant_id, task_type, target_id,"
-            " visibility_timeout)"
-            " SELECT name, {}, id, %s, 'timer', timer_id, fire_at FROM lt_sleep"
+            " workflow_version, visibility_timeout)"
+            " SELECT name, {}, id, %s, 'timer', timer_id, 1, fire_at FROM lt_sleep"
         ).format(new_id), (tenant_id,))
         conn.execute(sql.SQL(
-            "INSERT INTO history_events (workflow_name, id, workflow_id, tenant_id, sequence_num, event_type,"
+            "INSERT INTO history_events (workflow_name, id, workflow_id, tenant_id, sequence_num, step, event_type,"
             " event_data)"
-            " SELECT name, {}, id, %s, 1, 'timer_started',"
+            " SELECT name, {}, id, %s, 2, 1, 'timer_started',"
             "  jsonb_build_object('timer_id', timer_id, 'fire_at', fire_at, 'seconds', %s::float8)"
             " FROM lt_sleep"
         ).format(new_id), (tenant_id, sleep_seconds))
