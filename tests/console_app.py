@@ -4,11 +4,14 @@ deploy would change code under a failed or running workflow."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import flows
 
-SWITCH: dict[str, bool] = {"healthy": False, "fixed": False, "other_path": False}
+# CONSOLE_APP_SWITCH=other_path,... sets switches in a subprocess (flows replay --app tests.console_app).
+SWITCH: dict[str, bool] = {k: k in os.environ.get("CONSOLE_APP_SWITCH", "").split(",")
+                           for k in ("healthy", "fixed", "other_path")}
 QUICK = flows.RetryPolicy(initial_interval=0.05, backoff=1.0, max_interval=0.05, max_attempts=2, jitter=0.0)
 
 
