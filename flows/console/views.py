@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Callable
+from urllib.parse import quote
 from uuid import UUID
 
 from markupsafe import Markup, escape
@@ -25,10 +26,11 @@ from flows.errors import (
     WorkflowNotRunning,
 )
 from flows.explain import span, why
-from flows.operations import ANY_TENANT, STATUSES, WorkflowDetail, check_time, decode_json
+from flows.operations import ANY_TENANT, STATUSES, WorkflowDetail, WorkflowPage, check_time, decode_json
 from flows.console.session import COOKIE_NAME, MAX_AGE_SECONDS, ConsoleSession, CookieCodec
 
 PAGE_SIZES = (50, 200, 1000)
+COUNT_CAP = 10_000  # the list's counts per status stop there ("10,000+")
 RATE_WINDOW_SECONDS = 600
 RATE_BUCKET_SECONDS = 10
 WAIT_KINDS = ("signal", "activity", "timer")
@@ -106,6 +108,22 @@ class Fmt:
     def sentence(self, text: str) -> Markup:
         """The why sentence, its `quoted` names set as code."""
         return Markup(_QUOTED.sub(r"<code>\1</code>", str(escape(text))))
+
+
+def _list_rows(page: WorkflowPage, root: str) -> list[tuple[str, ...]]:
+    """The list's cells as ready strings (a page holds up to 1,000 rows:
+    url_for and the helpers per cell would cost most of the page's time)."""
+    now = datetime.now(UTC)
+    rows: list[tuple[str, ...]] = []
+    for w in page.workflows:
+        base = sharding.base_name(w.name)
+        note = w.waiting_for or w.error or ""
+        rows.append((base, w.name[len(base) + 1:], f"{root}workflows/{quote(base)}/{w.id}", str(w.id), w.status,
+                     note, "err" if w.error and not w.waiting_for else "", str(w.tenant_id)[-12:],
+                     w.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                     w.updated_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                     span((now - w.updated_at).total_seconds()) + " ago"))
+    return rows
 
 
 def _gaps(detail: WorkflowDetail) -> list[float | None]:
@@ -272,12 +290,15 @@ def console_blueprint(
                                     created_from=created_from, created_to=created_to, after=args.get("after") or None,
                                     limit=limit)
         counts = eng.count_workflows(name, tenant_id=scope, waiting_for=waiting, created_from=created_from,
-                                     created_to=created_to)
+                                     created_to=created_to, cap=COUNT_CAP)
         names = eng.workflow_names()
         filters = {k: v for k, v in args.items() if k != "after" and v}
-        return page("workflows.html", page_=result, counts=counts, names=names, statuses=STATUSES,
-                    filters=filters, wait_kinds=WAIT_KINDS, page_sizes=PAGE_SIZES, limit=limit,
-                    total=sum(counts.values()), base_name=sharding.base_name)
+        total = sum(counts.values())
+        shown = {s: f"{n:,}+" if n >= COUNT_CAP else f"{n:,}" for s, n in counts.items()}
+        return page("workflows.html", rows=_list_rows(result, url_for(".index")), next_cursor=result.next_cursor,
+                    counts=shown, names=names, statuses=STATUSES, filters=filters, wait_kinds=WAIT_KINDS,
+                    page_sizes=PAGE_SIZES, limit=limit,
+                    total=f"{total:,}+" if any(n >= COUNT_CAP for n in counts.values()) else f"{total:,}")
 
     def detail_of(workflow_name: str, workflow_id: str) -> WorkflowDetail:
         detail = get_engine().describe(workflow_name, workflow_id, tenant_id=viewer().scope)

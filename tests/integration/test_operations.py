@@ -308,3 +308,4 @@ def test_the_list_walks_indexes_on_a_filled_table(engine: Engine, db: psycopg.Co
         assert "Seq Scan on workflows" not in plan
     assert len(engine.list_workflows("bulk", limit=1000).workflows) == 1000
     assert engine.count_workflows("bulk") == {"completed": 29700, "running": 300}
+    assert engine.count_workflows("bulk", cap=10_000) == {"completed": 10_000, "running": 300}
