@@ -19,8 +19,10 @@ SLOW_CLAIM_SECONDS = 5.0
 
 
 def span(seconds: float) -> str:
-    """A duration for people: ``0.4 s``, ``12 s``, ``3 min 20 s``, ``3 h 5 min``, ``2 d 4 h``."""
+    """A duration for people: ``8 ms``, ``2.4 s``, ``12 s``, ``3 min 20 s``, ``3 h 5 min``, ``2 d 4 h``."""
     seconds = abs(seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
     if seconds < 10:
         return f"{seconds:.1f} s"
     s = int(seconds)

@@ -90,7 +90,10 @@ def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
 def shot(driver: Any, name: str) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1400, min(2400, max(900, int(height) + 100)))  # the whole page
         driver.save_screenshot(str(Path(SHOTS) / f"console-{name}.png"))
+        driver.set_window_size(1400, 1000)
 
 
 def text_of(driver: Any, css: str) -> str:

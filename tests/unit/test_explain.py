@@ -125,8 +125,8 @@ def test_nothing_queued_is_called_stuck() -> None:
 
 
 def test_span() -> None:
-    assert [span(s) for s in (0.42, 12, 200, 3 * 3600 + 300, 2 * 86400 + 4 * 3600)] == [
-        "0.4 s", "12 s", "3 min 20 s", "3 h 5 min", "2 d 4 h"]
+    assert [span(s) for s in (0.0084, 2.42, 12, 200, 3 * 3600 + 300, 2 * 86400 + 4 * 3600)] == [
+        "8 ms", "2.4 s", "12 s", "3 min 20 s", "3 h 5 min", "2 d 4 h"]
 
 
 # -- retry planning -------------------------------------------------------------------
