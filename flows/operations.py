@@ -295,7 +295,9 @@ def _attempts(row: dict[str, Any], events: list[Event]) -> list[Attempt]:
         if e.type != "activity_retrying":
             continue
         retry_at = e.created_at + timedelta(seconds=float(e.data.get("retry_in_seconds", 0)))
-        attempts.append(Attempt(len(attempts) + 1, "failed", start, e.created_at, e.data.get("error"), retry_at))
+        ran = e.data.get("duration_seconds")  # as its worker measured, where recorded
+        began = start if ran is None else e.created_at - timedelta(seconds=float(ran))
+        attempts.append(Attempt(len(attempts) + 1, "failed", began, e.created_at, e.data.get("error"), retry_at))
         start = retry_at
     status = row["status"]
     started = next((_time(v) for k, v in row.items() if k not in _ACTIVITY_COLUMNS and k.endswith("started_at")
@@ -305,7 +307,10 @@ def _attempts(row: dict[str, Any], events: list[Event]) -> list[Attempt]:
     if status in ("completed", "failed"):
         ended = _time(row["completed_at"])
         error = row["error"] if status == "failed" else None
-        attempts.append(Attempt(len(attempts) + 1, status, started or start, ended, error))
+        last = next((e for e in mine if e.type == f"activity_{status}"), None)
+        ran = None if last is None else last.data.get("duration_seconds")
+        began = started or (start if ran is None or ended is None else ended - timedelta(seconds=float(ran)))
+        attempts.append(Attempt(len(attempts) + 1, status, began, ended, error))
     elif status in ("scheduled", "running"):
         attempts.append(Attempt(len(attempts) + 1, status, start, None))
     elif status == "cancelled":
@@ -485,7 +490,7 @@ def retry(engine: Engine, name: str, workflow_id: object, tenant_id: object) -> 
         found = store.get_workflow_for_update(conn, shard, wid, tenant)
         if found is None:
             raise WorkflowNotFound(f"no workflow {base}/{wid}")
-        owner_tenant, status, error = found
+        owner_tenant, status, error, version = found
         if status != "failed":
             raise WorkflowNotFailed(f"workflow {base}/{wid} is {status}; only a failed workflow can be retried")
         events, activities, step, reason = plan_retry(error, store.history_rows(conn, shard, wid))
@@ -494,7 +499,7 @@ def retry(engine: Engine, name: str, workflow_id: object, tenant_id: object) -> 
             store.delete_activities(conn, shard, wid, activities)
         store.reopen_workflow(conn, shard, wid)
         store.mark_dead_letters_retried(conn, shard, wid)
-        store.enqueue_workflow_task(conn, shard, wid, owner_tenant, uuid6.uuid7())
+        store.enqueue_workflow_task(conn, shard, wid, owner_tenant, uuid6.uuid7(), version)
     return RetryResult(wid, base, len(events), step, reason)
 
 

@@ -1283,12 +1283,13 @@ def prune_batch(conn: Conn, shard: str, *, older_than_seconds: float, limit: int
 
 def get_workflow_for_update(
     conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID | None
-) -> tuple[UUID, str, str | None] | None:
+) -> tuple[UUID, str, str | None, int] | None:
     """Lock the workflow row (waiting for a replay in progress) and return
-    (tenant_id, status, error); None if this tenant (None = any) has no such workflow."""
+    (tenant_id, status, error, version); None if this tenant (None = any)
+    has no such workflow."""
     row = conn.execute(
-        "SELECT tenant_id, status, error FROM workflows WHERE name = %s AND id = %s"
+        "SELECT tenant_id, status, error, version FROM workflows WHERE name = %s AND id = %s"
         " AND (%s::uuid IS NULL OR tenant_id = %s::uuid) FOR UPDATE",
         (shard, workflow_id, tenant_id, tenant_id),
     ).fetchone()
-    return None if row is None else (row[0], row[1], row[2])
+    return None if row is None else (row[0], row[1], row[2], row[3])
