@@ -45,6 +45,7 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
 
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -100,6 +101,13 @@ def text_of(driver: Any, css: str) -> str:
     return str(driver.find_element(By.CSS_SELECTOR, css).text)
 
 
+def wait_until(driver: Any, seconds: float, check: Callable[[Any], Any]) -> Any:
+    """Wait for ``check``; htmx swaps the live part of the page every 2 s, so
+    an element found just before a swap may be gone when it is read."""
+    return WebDriverWait(driver, seconds, ignored_exceptions=(NoSuchElementException,
+                                                              StaleElementReferenceException)).until(check)
+
+
 def test_find_a_loan_stuck_on_a_document_send_it_and_watch_it_move_on(site: str, browser: Any) -> None:
     wid = post_json(f"{site}/api/loans", {"applicant_name": "Jane Smith", "amount": 75_000,
                                           "purpose": "home renovation"})["workflow_id"]
@@ -111,26 +119,26 @@ def test_find_a_loan_stuck_on_a_document_send_it_and_watch_it_move_on(site: str,
     browser.get(f"{site}/console/")
     browser.find_element(By.NAME, "waiting_for").send_keys("signal:document-identity")
     browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
-    WebDriverWait(browser, 10).until(lambda d: "waiting_for=signal" in d.current_url)
+    wait_until(browser, 10, lambda d: "waiting_for=signal" in d.current_url)
     links = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#workflows a.mono")]
     assert wid in links and other["workflow_id"] in links
     shot(browser, "workflows")
     browser.find_element(By.LINK_TEXT, wid).click()
 
-    WebDriverWait(browser, 10).until(lambda d: wid in d.title or wid[-12:] in d.title)
-    assert text_of(browser, "#why").startswith("waiting for signal document-identity since")
-    assert text_of(browser, "#why").endswith("; none pending")
+    wait_until(browser, 10, lambda d: wid in d.title or wid[-12:] in d.title)
+    sentence = wait_until(browser, 5, lambda d: text_of(d, "#why"))
+    assert sentence.startswith("waiting for signal document-identity since") and sentence.endswith("; none pending")
     assert browser.find_element(By.NAME, "signal").get_attribute("value") == "document-identity"
     shot(browser, "workflow-waiting")
 
     browser.find_element(By.NAME, "payload").send_keys(
         '{"document_type": "identity", "document_id": "ID-2024-77", "uploaded_at": "2024-05-01T10:00:00Z"}')
     browser.find_element(By.CSS_SELECTOR, "#signal-form button[type=submit]").click()
-    WebDriverWait(browser, 10).until(lambda d: "Signal document-identity sent" in text_of(d, ".flash"))
+    wait_until(browser, 10, lambda d: "Signal document-identity sent" in text_of(d, ".flash"))
     # The page refreshes itself (htmx, every 2 s) as the workflow moves on.
-    WebDriverWait(browser, 15).until(lambda d: "document-income" in text_of(d, "#why"))
-    assert "verify-document" in text_of(browser, "#activities")
-    assert "document-identity" in text_of(browser, "#signals")
+    wait_until(browser, 15, lambda d: "document-income" in text_of(d, "#why"))
+    wait_until(browser, 5, lambda d: "verify-document" in text_of(d, "#activities"))
+    wait_until(browser, 5, lambda d: "document-identity" in text_of(d, "#signals"))
     shot(browser, "workflow-moved-on")
 
 
@@ -144,14 +152,14 @@ def test_retry_a_dead_letter_from_the_console(site: str, browser: Any, engine: A
     shot(browser, "dead-letters")
     console_app.SWITCH["healthy"] = True  # the payment service is back
     row.find_element(By.CSS_SELECTOR, "button.retry").click()
-    WebDriverWait(browser, 10).until(lambda d: "Retried" in text_of(d, ".flash"))
+    wait_until(browser, 10, lambda d: "Retried" in text_of(d, ".flash"))
     assert str(run.workflow_id) not in text_of(browser, "#dead-letters")
 
     browser.get(f"{site}/console/workflows/c-fragile/{run.workflow_id}")
-    WebDriverWait(browser, 15).until(lambda d: text_of(d, "#status") == "completed")
-    assert "payment ok" in text_of(browser, "#output")
+    wait_until(browser, 15, lambda d: text_of(d, "#status") == "completed")
+    wait_until(browser, 5, lambda d: "payment ok" in text_of(d, "#output"))
 
     browser.get(f"{site}/console/fleet")
-    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#rates canvas"))
-    assert "alive" in text_of(browser, "#workers")
+    wait_until(browser, 10, lambda d: d.find_elements(By.CSS_SELECTOR, "#rates canvas"))
+    wait_until(browser, 5, lambda d: "alive" in text_of(d, "#workers"))
     shot(browser, "fleet")
