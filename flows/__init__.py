@@ -22,12 +22,16 @@ from flows.errors import (
     MigrationChanged,
     NonDeterminismError,
     WorkflowFailed,
+    WorkflowNotFailed,
     WorkflowNotFound,
     WorkflowNotRunning,
 )
+from flows.operations import ANY_TENANT, WorkflowDetail, WorkflowPage
+from flows.replayer import ReplayReport, replay_export
 from flows.worker import Worker
 
 __all__ = [
+    "ANY_TENANT",
     "DEFAULT_TENANT_ID",
     "ActivityContext",
     "ActivityDefinition",
@@ -43,16 +47,21 @@ __all__ = [
     "InvalidInput",
     "MigrationChanged",
     "NonDeterminismError",
+    "ReplayReport",
     "RetryPolicy",
     "Worker",
     "WorkflowContext",
     "WorkflowDefinition",
+    "WorkflowDetail",
     "WorkflowFailed",
+    "WorkflowNotFailed",
     "WorkflowNotFound",
     "WorkflowNotRunning",
+    "WorkflowPage",
     "WorkflowStatus",
     "activity",
     "registered_activities",
     "registered_workflows",
+    "replay_export",
     "workflow",
 ]

@@ -21,7 +21,7 @@ from uuid import UUID
 import msgspec
 import uuid6
 
-from flows import codec, sharding, store
+from flows import codec, operations, sharding, store
 from flows.definitions import WorkflowDefinition, find_workflow
 from flows.errors import (
     ConfigurationError,
@@ -365,3 +365,130 @@ class Engine:
             store.cancel_workflow(c, shard, wid, found[0], uuid6.uuid7())
         return True
 
+
+    # -- operating a running system (the console and the CLI) -----------------
+    #
+    # Reads take ``tenant_id=ANY_TENANT`` (every tenant: an operator's view),
+    # a tenant's id, or None (the default tenant, as elsewhere).
+
+    def workflow_names(self) -> list[str]:
+        """The base names of every workflow in the database."""
+        with store.wrapped(), self.connection() as c:
+            return sorted({sharding.base_name(s) for s in store.shard_names(c)})
+
+    def list_workflows(
+        self, name: str | None = None, *, status: str | None = None, tenant_id: object = operations.ANY_TENANT,
+        waiting_for: str | None = None, created_from: object = None, created_to: object = None,
+        after: str | None = None, limit: int = 50,
+    ) -> operations.WorkflowPage:
+        """Workflows newest first (by ``created_at``), ``limit`` (<= 1,000) a
+        page; ``after`` is the previous page's ``next_cursor``. Filters: base
+        ``name``, ``status``, tenant, ``waiting_for`` (``signal`` for any
+        signal, ``signal:document-income`` for one, ``activity``, ``timer``)
+        and ``created_from <= created_at < created_to``."""
+        operations.check_limit(limit)
+        status = operations.check_status(status)
+        if waiting_for is not None and status is None:
+            status = "running"  # only running workflows wait: lets the status index serve it
+        keyset = None if not after else operations.decode_cursor(after)
+        tenant = operations.tenant_filter(tenant_id)
+        start, end = operations.check_time(created_from, "created_from"), operations.check_time(created_to, "created_to")
+        with store.wrapped(), self.connection() as c:
+            shards = operations.shards_for(self, c, name)
+            rows = store.list_workflows(c, shards, limit=limit + 1, status=status, tenant_id=tenant,
+                                        waiting_for=waiting_for or None, created_from=start, created_to=end,
+                                        after=keyset) if shards else []
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return operations.WorkflowPage(rows, operations.encode_cursor(rows[-1]) if more else None)
+
+    def count_workflows(
+        self, name: str | None = None, *, tenant_id: object = operations.ANY_TENANT, waiting_for: str | None = None,
+        created_from: object = None, created_to: object = None, cap: int | None = None,
+    ) -> dict[str, int]:
+        """How many workflows are in each status, under the list's filters.
+        With ``cap`` a count stops there (a status at ``cap`` has at least
+        that many): counting 10,000 costs what counting 10 million would not."""
+        tenant = operations.tenant_filter(tenant_id)
+        start, end = operations.check_time(created_from, "created_from"), operations.check_time(created_to, "created_to")
+        if cap is not None:
+            operations.check_limit(cap, 10**9)
+        statuses = ("running",) if waiting_for else operations.STATUSES  # only running workflows wait
+        with store.wrapped(), self.connection() as c:
+            shards = operations.shards_for(self, c, name)
+            counts = store.count_by_status(c, shards, statuses, tenant_id=tenant, waiting_for=waiting_for or None,
+                                           created_from=start, created_to=end, cap=cap) if shards else {}
+        return counts if cap is None else {s: min(n, cap) for s, n in counts.items()}
+
+    def describe(
+        self, workflow_name: str, workflow_id: object, *, tenant_id: object = operations.ANY_TENANT
+    ) -> operations.WorkflowDetail:
+        """Everything recorded about one workflow (history with times,
+        activities and their attempts, signals, timers, pending tasks, dead
+        letters, the workers of its shard), read in one statement."""
+        return operations.detail_from_document(
+            operations.workflow_document(self, workflow_name, workflow_id, tenant_id))
+
+    def dead_letters(
+        self, name: str | None = None, *, tenant_id: object = operations.ANY_TENANT, after: object = None,
+        limit: int = 50, include_retried: bool = False,
+    ) -> list[store.DeadLetter]:
+        """Failed workflows' dead letters, newest first; ``after`` is the last
+        ``id`` of the previous page. Retried ones only with ``include_retried``."""
+        operations.check_limit(limit)
+        tenant = operations.tenant_filter(tenant_id)
+        keyset = None if after is None or after == "" else parse_uuid(after, "after")
+        with store.wrapped(), self.connection() as c:
+            shards = operations.shards_for(self, c, name)
+            return store.list_dead_letters(c, shards, limit=limit, tenant_id=tenant, after=keyset,
+                                           include_retried=include_retried) if shards else []
+
+    def fleet(self, stale_seconds: float | None = None) -> operations.Fleet:
+        """The workers (from their heartbeats: shards, last beat, leases held)
+        and each shard's queue: tasks, due, leased, the oldest due task's age
+        and the live workers serving it. A worker whose last beat is older
+        than ``stale_seconds`` (FLOWS_STALE_SECONDS, 30) is not live."""
+        if stale_seconds is None:
+            stale_seconds = float(os.environ.get("FLOWS_STALE_SECONDS", operations.DEFAULT_STALE_SECONDS))
+        return operations.fleet(self, stale_seconds)
+
+    def event_rates(self, window_seconds: int = 600, bucket_seconds: int = 10) -> list[tuple[str, float, int]]:
+        """History events recorded per shard per ``bucket_seconds`` over the
+        last ``window_seconds``: (shard, bucket start in epoch seconds, count)."""
+        operations.check_limit(window_seconds, 7 * 86400)
+        operations.check_limit(bucket_seconds, 3600)
+        with store.wrapped(), self.connection() as c:
+            return store.event_rates(c, store.shard_names(c), window_seconds=window_seconds,
+                                     bucket_seconds=bucket_seconds)
+
+    def retry(
+        self, workflow_name: str, workflow_id: object, *, tenant_id: object = operations.ANY_TENANT
+    ) -> operations.RetryResult:
+        """Run a failed workflow again from its last good step, in one
+        transaction: its end is dropped from the history (and, when an
+        activity that ran out of attempts failed it, that activity's step
+        too, to run again with fresh attempts), it is running again, its
+        dead letters are marked retried, and a replay is queued. Raises
+        WorkflowNotFailed unless it failed."""
+        return operations.retry(self, workflow_name, workflow_id, tenant_id)
+
+    def prune(self, older_than_seconds: float, *, name: str | None = None, batch_size: int = 500) -> int:
+        """Delete workflows that ended (completed, failed, cancelled) more
+        than ``older_than_seconds`` ago, with all their rows, ``batch_size``
+        a transaction; running workflows are never touched. Returns how many."""
+        return operations.prune(self, older_than_seconds, name, batch_size)
+
+    def export(
+        self, workflow_name: str, workflow_id: object, *, tenant_id: object = operations.ANY_TENANT
+    ) -> dict[str, Any]:
+        """A run as a JSON-ready document (its workflow row, history,
+        activities, signals and timers) for ``flows replay`` / ``replay_export``."""
+        return operations.export_document(operations.workflow_document(self, workflow_name, workflow_id, tenant_id))
+
+    @staticmethod
+    def replay_export(document: dict[str, Any], workflows: Any = None) -> Any:
+        """Replay an exported run against the code at hand, with no database
+        (see ``flows.replayer.replay_export``); returns a ReplayReport."""
+        from flows.replayer import replay_export
+
+        return replay_export(document, workflows)

@@ -33,6 +33,10 @@ class WorkflowNotRunning(FlowsError):
     """The workflow has already ended; it takes no more signals."""
 
 
+class WorkflowNotFailed(FlowsError):
+    """Only a failed workflow can be retried; this one is running, completed or cancelled."""
+
+
 class WorkflowFailed(FlowsError):
     """The workflow ended in failure (or was cancelled); ``error`` says why."""
 

@@ -971,3 +971,344 @@ def release_stale_workers(conn: Conn, stale_seconds: float, alive: list[str]) ->
         for owner, shards in rows:
             out.append((owner, release_leases(conn, list(shards), owner)))
     return out
+
+
+# -- the console and the operator's CLI: listing, inspecting, retrying, pruning --
+#
+# Reads for people, not for the fleet: each statement still filters by the
+# shard key, and lists walk one index-ordered scan per shard (LATERAL ...
+# LIMIT) so a page costs its own rows, not the table's.
+
+
+class WorkflowSummary(msgspec.Struct, frozen=True):
+    """A row of the workflow list (no input or output: a page holds up to 1,000)."""
+
+    name: str
+    id: UUID
+    tenant_id: UUID
+    version: int
+    status: str
+    waiting_for: str | None
+    error: str | None  # its first 300 characters
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+def shard_names(conn: Conn) -> list[str]:
+    """Every sharded workflow name in use, by a skip scan of the primary key
+    (one probe a name, not a read of every workflow)."""
+    rows = conn.execute(
+        "WITH RECURSIVE n(name) AS ("
+        "  SELECT min(name) FROM workflows"
+        "  UNION ALL SELECT (SELECT min(w.name) FROM workflows w WHERE w.name > n.name) FROM n WHERE n.name IS NOT NULL)"
+        " SELECT name FROM n WHERE name IS NOT NULL"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _list_filters(
+    *, status: str | None, tenant_id: UUID | None, waiting_for: str | None, created_from: datetime | None,
+    created_to: datetime | None, after: tuple[datetime, UUID] | None,
+) -> tuple[sql.Composable, dict[str, Any]]:
+    """The WHERE clauses of the list for the filters that are set (only
+    those: a generic plan of "x IS NULL OR ..." would not use the indexes)."""
+    clauses: list[sql.Composable] = [sql.SQL("name = s.shard")]
+    params: dict[str, Any] = {}
+    if status is not None:
+        clauses.append(sql.SQL("status = %(status)s"))
+        params["status"] = status
+    if tenant_id is not None:
+        clauses.append(sql.SQL("tenant_id = %(tenant)s"))
+        params["tenant"] = tenant_id
+    if waiting_for is not None:  # "signal" matches every signal:<name>; "signal:x" that one
+        clauses.append(sql.SQL("(waiting_for = %(wait)s OR waiting_for LIKE %(wait_prefix)s)"))
+        params["wait"] = waiting_for
+        params["wait_prefix"] = waiting_for.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
+    if created_from is not None:
+        clauses.append(sql.SQL("created_at >= %(from)s"))
+        params["from"] = created_from
+    if created_to is not None:
+        clauses.append(sql.SQL("created_at < %(to)s"))
+        params["to"] = created_to
+    if after is not None:
+        clauses.append(sql.SQL("(created_at, id) < (%(after_at)s, %(after_id)s)"))
+        params["after_at"], params["after_id"] = after
+    return sql.SQL(" AND ").join(clauses), params
+
+
+def list_workflows(
+    conn: Conn, shards: list[str], *, limit: int, status: str | None = None, tenant_id: UUID | None = None,
+    waiting_for: str | None = None, created_from: datetime | None = None, created_to: datetime | None = None,
+    after: tuple[datetime, UUID] | None = None,
+) -> list[WorkflowSummary]:
+    """Workflows of these shards, newest first (created_at, id), after the
+    keyset ``after``: each shard's first ``limit`` in index order
+    (workflows_by_created, or workflows_by_status with a status), merged."""
+    where, params = _list_filters(status=status, tenant_id=tenant_id, waiting_for=waiting_for,
+                                  created_from=created_from, created_to=created_to, after=after)
+    params.update(shards=_text_array(tuple(shards)), limit=limit)
+    query = sql.SQL(
+        "SELECT w.* FROM unnest(%(shards)s::text[]) AS s(shard) CROSS JOIN LATERAL ("
+        " SELECT name, id, tenant_id, version, status, waiting_for, left(error, 300), created_at, updated_at,"
+        " completed_at FROM workflows WHERE {where}"
+        " ORDER BY created_at DESC, id DESC LIMIT %(limit)s) w"
+        " ORDER BY w.created_at DESC, w.id DESC LIMIT %(limit)s"
+    ).format(where=where)
+    cur = conn.cursor(row_factory=tuple_row)
+    return [WorkflowSummary(*row) for row in cur.execute(query, params)]
+
+
+def count_by_status(
+    conn: Conn, shards: list[str], statuses: tuple[str, ...], *, tenant_id: UUID | None = None,
+    waiting_for: str | None = None, created_from: datetime | None = None, created_to: datetime | None = None,
+    cap: int | None = None,
+) -> dict[str, int]:
+    """How many workflows of these shards are in each of ``statuses`` (under
+    the list's other filters), by one scan of workflows_by_status per shard
+    and status that stops after ``cap`` rows (None: counts them all)."""
+    where, params = _list_filters(status=None, tenant_id=tenant_id, waiting_for=waiting_for,
+                                  created_from=created_from, created_to=created_to, after=None)
+    params.update(shards=_text_array(tuple(shards)), statuses=_text_array(statuses), cap=cap)
+    query = sql.SQL(
+        "SELECT st.status, sum(c.n)::bigint FROM unnest(%(shards)s::text[]) AS s(shard)"
+        " CROSS JOIN unnest(%(statuses)s::text[]) AS st(status) CROSS JOIN LATERAL ("
+        " SELECT count(*) AS n FROM (SELECT 1 FROM workflows WHERE {where} AND status = st.status"
+        " LIMIT %(cap)s) x) c GROUP BY st.status"
+    ).format(where=where)
+    return {status: int(n) for status, n in conn.execute(query, params) if n}
+
+
+def workflow_document(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID | None) -> str | None:
+    """Everything recorded about one workflow as one JSON document: the row
+    (without the activity_results map), its history in order, activities,
+    signals, timers, pending tasks (with seconds until due), dead letters,
+    the workers whose heartbeat names its shard, and the database clock.
+    Rows go out whole (``to_jsonb``), so columns added later show up. None
+    when this tenant (None = any) has no such workflow."""
+    row = conn.execute(
+        "SELECT CASE WHEN w IS NULL THEN NULL ELSE json_build_object("
+        " 'now', now(),"
+        " 'workflow', to_jsonb(w) - 'activity_results',"
+        " 'history', (SELECT coalesce(json_agg(to_jsonb(e) ORDER BY e.sequence_num, e.created_at, e.id), '[]')"
+        "   FROM history_events e WHERE e.workflow_name = %(shard)s AND e.workflow_id = %(id)s),"
+        " 'activities', (SELECT coalesce(json_agg(to_jsonb(a) ORDER BY a.sequence_num, a.created_at), '[]')"
+        "   FROM activities a WHERE a.workflow_name = %(shard)s AND a.workflow_id = %(id)s),"
+        " 'signals', (SELECT coalesce(json_agg(to_jsonb(g) ORDER BY g.created_at, g.id), '[]')"
+        "   FROM signals g WHERE g.workflow_name = %(shard)s AND g.workflow_id = %(id)s),"
+        " 'timers', (SELECT coalesce(json_agg(to_jsonb(t) ORDER BY t.sequence_num), '[]')"
+        "   FROM timers t WHERE t.workflow_name = %(shard)s AND t.workflow_id = %(id)s),"
+        " 'tasks', (SELECT coalesce(json_agg(to_jsonb(q) || jsonb_build_object("
+        "     'due_in_seconds', extract(epoch FROM q.visibility_timeout - now())) ORDER BY q.visibility_timeout), '[]')"
+        "   FROM task_queue q WHERE q.workflow_name = %(shard)s AND q.workflow_id = %(id)s),"
+        " 'dead_letters', (SELECT coalesce(json_agg(to_jsonb(d) - 'input' ORDER BY d.id), '[]')"
+        "   FROM dead_letter_queue d WHERE d.workflow_name = %(shard)s AND d.workflow_id = %(id)s),"
+        " 'workers', (SELECT coalesce(json_agg(json_build_object('owner', h.owner, 'host', h.host, 'pid', h.pid,"
+        "     'last_beat', h.last_beat, 'beat_age_seconds', extract(epoch FROM now() - h.last_beat))"
+        "     ORDER BY h.owner), '[]')"
+        "   FROM worker_heartbeats h WHERE %(shard)s = ANY(h.shards))"
+        ")::text END"
+        " FROM (SELECT 1) one LEFT JOIN workflows w"
+        "   ON w.name = %(shard)s AND w.id = %(id)s AND (%(tenant)s::uuid IS NULL OR w.tenant_id = %(tenant)s::uuid)",
+        {"shard": shard, "id": workflow_id, "tenant": tenant_id},
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A failed workflow's dead-letter row, with its workflow's status now."""
+
+    workflow_name: str
+    id: UUID
+    workflow_id: UUID
+    tenant_id: UUID
+    error: str
+    created_at: datetime
+    retried_at: datetime | None
+    status: str | None  # the workflow's current status (running again after a retry)
+
+
+def list_dead_letters(
+    conn: Conn, shards: list[str], *, limit: int, tenant_id: UUID | None = None, after: UUID | None = None,
+    include_retried: bool = False,
+) -> list[DeadLetter]:
+    """Dead letters of these shards, newest first (by id, a UUIDv7 made when
+    the workflow failed), one primary-key scan per shard."""
+    clauses = [sql.SQL("d.workflow_name = s.shard")]
+    if tenant_id is not None:
+        clauses.append(sql.SQL("d.tenant_id = %(tenant)s"))
+    if after is not None:
+        clauses.append(sql.SQL("d.id < %(after)s"))
+    if not include_retried:
+        clauses.append(sql.SQL("d.retried_at IS NULL"))
+    query = sql.SQL(
+        "SELECT x.*, w.status FROM unnest(%(shards)s::text[]) AS s(shard) CROSS JOIN LATERAL ("
+        " SELECT d.workflow_name, d.id, d.workflow_id, d.tenant_id, d.error, d.created_at, d.retried_at"
+        " FROM dead_letter_queue d WHERE {where} ORDER BY d.id DESC LIMIT %(limit)s) x"
+        " LEFT JOIN workflows w ON w.name = x.workflow_name AND w.id = x.workflow_id"
+        " ORDER BY x.id DESC LIMIT %(limit)s"
+    ).format(where=sql.SQL(" AND ").join(clauses))
+    cur = conn.cursor(row_factory=tuple_row)
+    params = {"shards": _text_array(tuple(shards)), "tenant": tenant_id, "after": after, "limit": limit}
+    return [DeadLetter(*row) for row in cur.execute(query, params)]
+
+
+class FleetWorker(msgspec.Struct, frozen=True):
+    owner: str
+    pid: int
+    host: str
+    shard_group: str
+    shards: list[str]
+    started_at: datetime
+    last_beat: datetime
+    beat_age_seconds: float
+    leases: int  # tasks leased to it now
+
+
+def fleet_workers(conn: Conn) -> list[FleetWorker]:
+    """Every worker with a heartbeat row, with the leases it holds (by the
+    lease-owner index of each of its shards)."""
+    cur = conn.cursor(row_factory=tuple_row)
+    rows = cur.execute(
+        "SELECT h.owner, h.pid, h.host, h.shard_group, h.shards, h.started_at, h.last_beat,"
+        " extract(epoch FROM now() - h.last_beat)::float8,"
+        " (SELECT count(*) FROM unnest(h.shards) AS s(shard) CROSS JOIN LATERAL ("
+        "   SELECT 1 FROM task_queue t WHERE t.workflow_name = s.shard AND t.lease_owner = h.owner"
+        "   AND t.visibility_timeout > now()) l)::int"
+        " FROM worker_heartbeats h ORDER BY h.host, h.pid"
+    ).fetchall()
+    return [FleetWorker(*row) for row in rows]
+
+
+class ShardQueue(msgspec.Struct, frozen=True):
+    shard: str
+    tasks: int  # every task of the shard, due or not
+    due: int  # due now and not leased
+    leased: int  # leased to a worker, lease still running
+    oldest_due_seconds: float | None  # how long the oldest due task has waited (the shard's lag)
+
+
+def shard_queues(conn: Conn, shards: list[str]) -> list[ShardQueue]:
+    """Per shard: tasks queued, due, leased, and the age of the oldest due one."""
+    cur = conn.cursor(row_factory=tuple_row)
+    rows = cur.execute(
+        "SELECT s.shard, q.n, q.due, q.leased, q.oldest FROM unnest(%s::text[]) AS s(shard) CROSS JOIN LATERAL ("
+        " SELECT count(*)::int AS n, count(*) FILTER (WHERE visibility_timeout <= now())::int AS due,"
+        " count(*) FILTER (WHERE lease_owner IS NOT NULL AND visibility_timeout > now())::int AS leased,"
+        " extract(epoch FROM now() - min(visibility_timeout) FILTER (WHERE visibility_timeout <= now()))::float8"
+        "   AS oldest"
+        " FROM task_queue WHERE workflow_name = s.shard) q ORDER BY s.shard",
+        (_text_array(tuple(shards)),),
+    ).fetchall()
+    return [ShardQueue(*row) for row in rows]
+
+
+def event_rates(conn: Conn, shards: list[str], *, window_seconds: int, bucket_seconds: int) -> list[tuple[str, float, int]]:
+    """History events recorded per shard per ``bucket_seconds`` over the last
+    ``window_seconds`` (by the database clock): (shard, bucket start as epoch
+    seconds, events). Event ids are UUIDv7, so "recorded since" is a range
+    of the primary key: the lower bound is the UUID of the window's start."""
+    rows = conn.execute(
+        "WITH b AS (SELECT lpad(to_hex((extract(epoch FROM now()) * 1000)::bigint - %(window)s * 1000), 12, '0') AS h)"
+        " SELECT e.workflow_name, (floor(extract(epoch FROM e.created_at) / %(bucket)s) * %(bucket)s)::float8 AS t,"
+        " count(*)::int FROM history_events e, b"
+        " WHERE e.workflow_name = ANY(%(shards)s::text[])"
+        " AND e.id >= (substr(b.h, 1, 8) || '-' || substr(b.h, 9, 4) || '-0000-0000-000000000000')::uuid"
+        " AND e.created_at >= now() - %(window)s * interval '1 second'"
+        " GROUP BY 1, 2 ORDER BY 2, 1",
+        {"window": window_seconds, "bucket": bucket_seconds, "shards": _text_array(tuple(shards))},
+    ).fetchall()
+    return [(shard, float(t), int(n)) for shard, t, n in rows]
+
+
+def database_now(conn: Conn) -> datetime:
+    row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+def history_rows(conn: Conn, shard: str, workflow_id: UUID) -> list[dict[str, Any]]:
+    """A workflow's history events, whole rows in order."""
+    row = conn.execute(
+        "SELECT coalesce(json_agg(to_jsonb(e) ORDER BY e.sequence_num, e.created_at, e.id), '[]')::text"
+        " FROM history_events e WHERE e.workflow_name = %s AND e.workflow_id = %s",
+        (shard, workflow_id),
+    ).fetchone()
+    assert row is not None
+    return msgspec.json.decode(row[0])  # type: ignore[no-any-return]
+
+
+def delete_events(conn: Conn, shard: str, workflow_id: UUID, event_ids: list[UUID]) -> int:
+    cur = conn.execute(
+        "DELETE FROM history_events WHERE workflow_name = %s AND workflow_id = %s AND id = ANY(%s)",
+        (shard, workflow_id, event_ids),
+    )
+    return cur.rowcount
+
+
+def delete_activities(conn: Conn, shard: str, workflow_id: UUID, activity_ids: list[UUID]) -> int:
+    cur = conn.execute(
+        "DELETE FROM activities WHERE workflow_name = %s AND workflow_id = %s AND id = ANY(%s)",
+        (shard, workflow_id, activity_ids),
+    )
+    return cur.rowcount
+
+
+def reopen_workflow(conn: Conn, shard: str, workflow_id: UUID) -> None:
+    """A failed workflow (locked by this transaction) runs again: no error,
+    no end; sequence_num stays (it only ever grows)."""
+    conn.execute(
+        "UPDATE workflows SET status = 'running', error = NULL, output = NULL, waiting_for = NULL,"
+        " completed_at = NULL, updated_at = now() WHERE name = %s AND id = %s",
+        (shard, workflow_id),
+    )
+
+
+def mark_dead_letters_retried(conn: Conn, shard: str, workflow_id: UUID) -> int:
+    cur = conn.execute(
+        "UPDATE dead_letter_queue SET retried_at = now()"
+        " WHERE workflow_name = %s AND workflow_id = %s AND retried_at IS NULL",
+        (shard, workflow_id),
+    )
+    return cur.rowcount
+
+
+def prune_batch(conn: Conn, shard: str, *, older_than_seconds: float, limit: int) -> int:
+    """Delete up to ``limit`` workflows of one shard that ended more than
+    ``older_than_seconds`` ago (by the database clock), with every row they
+    own, in one statement (one transaction). Running and pending workflows
+    are never touched; one locked by another transaction (a retry) is
+    skipped. Returns how many went."""
+    row = conn.execute(
+        "WITH doomed AS ("
+        "  SELECT name, id FROM workflows"
+        "  WHERE name = %(shard)s AND status IN ('completed', 'failed', 'cancelled')"
+        "  AND created_at < now() - %(age)s * interval '1 second'"
+        "  AND completed_at < now() - %(age)s * interval '1 second'"
+        "  ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+        " h AS (DELETE FROM history_events x USING doomed d WHERE x.workflow_name = d.name AND x.workflow_id = d.id),"
+        " a AS (DELETE FROM activities x USING doomed d WHERE x.workflow_name = d.name AND x.workflow_id = d.id),"
+        " t AS (DELETE FROM timers x USING doomed d WHERE x.workflow_name = d.name AND x.workflow_id = d.id),"
+        " g AS (DELETE FROM signals x USING doomed d WHERE x.workflow_name = d.name AND x.workflow_id = d.id),"
+        " q AS (DELETE FROM task_queue x USING doomed d WHERE x.workflow_name = d.name AND x.workflow_id = d.id),"
+        " l AS (DELETE FROM dead_letter_queue x USING doomed d WHERE x.workflow_name = d.name"
+        "       AND x.workflow_id = d.id),"
+        " w AS (DELETE FROM workflows x USING doomed d WHERE x.name = d.name AND x.id = d.id RETURNING 1)"
+        " SELECT count(*) FROM w",
+        {"shard": shard, "age": older_than_seconds, "limit": limit},
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def get_workflow_for_update(
+    conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID | None
+) -> tuple[UUID, str, str | None, int] | None:
+    """Lock the workflow row (waiting for a replay in progress) and return
+    (tenant_id, status, error, version); None if this tenant (None = any)
+    has no such workflow."""
+    row = conn.execute(
+        "SELECT tenant_id, status, error, version FROM workflows WHERE name = %s AND id = %s"
+        " AND (%s::uuid IS NULL OR tenant_id = %s::uuid) FOR UPDATE",
+        (shard, workflow_id, tenant_id, tenant_id),
+    ).fetchone()
+    return None if row is None else (row[0], row[1], row[2], row[3])

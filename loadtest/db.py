@@ -472,3 +472,28 @@ def table_rows(dsn: str, tables: Iterable[str]) -> dict[str, int]:
 
 def listen(conn: psycopg.Connection[Any], channel: str) -> None:
     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+
+def fill_workflows(dsn: str, count: int, *, name: str = "loan-application", shards: int = 3) -> None:
+    """Bulk-insert ``count`` workflow rows (for a render benchmark; no
+    history): spread over ``shards`` shards and the last 30 days, 90 %
+    completed, 8 % running on a document signal, 2 % failed; then ANALYZE."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO workflows (name, id, tenant_id, version, status, input, output, error, waiting_for,"
+            " sequence_num, created_at, updated_at, completed_at)"
+            " SELECT %(name)s || '-shard-' || (i %% %(shards)s), gen_random_uuid(),"
+            "  '00000000-0000-0000-0000-000000000000', 1, s.status,"
+            "  jsonb_build_object('applicant_name', 'Applicant ' || i, 'amount', 1000 + i, 'purpose', 'bulk'),"
+            "  CASE WHEN s.status = 'completed' THEN '{\"decision\": \"approved\"}'::jsonb END,"
+            "  CASE WHEN s.status = 'failed' THEN 'ActivityFailed: activity verify-document failed after 5"
+            " attempt(s): TimeoutError: issuer did not answer' END,"
+            "  CASE WHEN s.status = 'running' THEN 'signal:document-income' END, 5, t.at, t.at,"
+            "  CASE WHEN s.status <> 'running' THEN t.at + interval '1 minute' END"
+            " FROM generate_series(1, %(count)s) i"
+            " CROSS JOIN LATERAL (SELECT CASE WHEN i %% 50 = 0 THEN 'failed' WHEN i %% 50 < 5 THEN 'running'"
+            "   ELSE 'completed' END AS status) s"
+            " CROSS JOIN LATERAL (SELECT now() - (i * 2592000.0 / %(count)s) * interval '1 second' AS at) t",
+            {"name": name, "shards": shards, "count": count},
+        )
+        conn.execute("ANALYZE workflows")

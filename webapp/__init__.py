@@ -27,6 +27,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         API_KEYS="",  # "key:tenant-uuid,...": empty runs everything as the default tenant
         MAX_BODY_BYTES=BODY_LIMIT_BYTES,  # larger request bodies get a 413
         HEALTH_TIMEOUT=2.0,  # seconds /healthz waits for the database
+        CONSOLE_ADMIN_KEY="",  # the console key that sees every tenant and the fleet
+        CONSOLE_SECRET=None,  # signs the console's cookie (default: derived from the keys)
     )
     app.config.from_prefixed_env("FLOWS")
     if test_config is not None:
@@ -38,9 +40,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     client.init_app(app)
 
-    from webapp import routes
+    from webapp import console, routes
 
     app.register_blueprint(routes.api)
     app.register_blueprint(routes.meta)
     routes.register_error_handlers(app)
+    console.register(app)
     return app
