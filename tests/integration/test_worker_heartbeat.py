@@ -95,7 +95,7 @@ def test_a_worker_alone_on_its_shards_announces_its_news_to_itself(
     with psycopg.connect(db_url, autocommit=True) as listener:
         store.listen(listener, [sharding.channel(s) for s in shards])
         worker = start_worker([nap], [], heartbeat_seconds=0.1)
-        wait_until(lambda: beats(db), what="a heartbeat row")
+        wait_until(lambda: worker.heartbeat.alone, what="the worker to learn it is alone")  # its row, then the flag
 
         def payloads_of_a_nap() -> list[str]:
             run = engine.start(nap, 0.2)
