@@ -1,6 +1,7 @@
 """flows: durable workflows for Python on PostgreSQL."""
 
-from flows.context import ActivityContext, WorkflowContext
+from flows.async_engine import AsyncEngine
+from flows.context import ActivityContext, ActivityHandle, ChildHandle, Handle, WorkflowContext
 from flows.definitions import (
     ActivityDefinition,
     RetryPolicy,
@@ -14,6 +15,7 @@ from flows.engine import DEFAULT_TENANT_ID, ActivityStatus, Engine, Execution, W
 from flows.errors import (
     ActivityCancelled,
     ActivityFailed,
+    ChildWorkflowFailed,
     ConfigurationError,
     DatabaseError,
     DatabaseUnavailable,
@@ -21,6 +23,7 @@ from flows.errors import (
     InvalidInput,
     MigrationChanged,
     NonDeterminismError,
+    Timeout,
     WorkflowFailed,
     WorkflowNotFailed,
     WorkflowNotFound,
@@ -28,6 +31,7 @@ from flows.errors import (
 )
 from flows.operations import ANY_TENANT, WorkflowDetail, WorkflowPage
 from flows.replayer import ReplayReport, replay_export
+from flows.schedules import ScheduleInfo
 from flows.worker import Worker
 
 __all__ = [
@@ -37,18 +41,25 @@ __all__ = [
     "ActivityDefinition",
     "ActivityCancelled",
     "ActivityFailed",
+    "ActivityHandle",
     "ActivityStatus",
+    "AsyncEngine",
+    "ChildHandle",
+    "ChildWorkflowFailed",
     "ConfigurationError",
     "DatabaseError",
     "DatabaseUnavailable",
     "Engine",
     "Execution",
     "FlowsError",
+    "Handle",
     "InvalidInput",
     "MigrationChanged",
     "NonDeterminismError",
     "ReplayReport",
     "RetryPolicy",
+    "ScheduleInfo",
+    "Timeout",
     "Worker",
     "WorkflowContext",
     "WorkflowDefinition",

@@ -13,6 +13,7 @@ recorded as failed the same way.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import heapq
 import logging
@@ -80,6 +81,8 @@ class Running:
     held: bool = True  # the lease is ours, as far as the last heartbeat knew
     ended: bool = False  # recorded, by the attempt or by the watchdog
     thread: int | None = None  # the thread running the activity's code, while it does
+    aio_task: asyncio.Future[Any] | None = None  # an async def attempt's task, while it runs
+    loop: asyncio.AbstractEventLoop | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def end(self) -> bool:
@@ -128,6 +131,9 @@ class ActivityRunner:
         self._watch_cond = threading.Condition()
         self._watch_stop = False
         self._watchdog = threading.Thread(target=self._watchdog_loop, name="flows-activity-watchdog", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None  # for async def activities, started on first use
+        self._loop_thread: threading.Thread | None = None
+        self._recorders = ThreadPoolExecutor(4, thread_name_prefix="flows-activity-record")
 
     def start(self, pool: Any) -> None:
         self.pool = pool
@@ -176,18 +182,57 @@ class ActivityRunner:
         for task in tasks:
             self._executor.submit(self._run, task)
 
+    def _is_async(self, task: store.ActivityTask) -> bool:
+        definition = self.activities.get(task.name)
+        return definition is not None and definition.is_async and not task.lost
+
     def _run(self, task: store.ActivityTask) -> None:
         """Run an attempt and record it; then the workflow's next activity in
-        this same slot, if recording it leased one to us."""
+        this same slot, if recording it leased one to us. An async def
+        attempt goes to the event loop with its slot."""
+        handed = False
         try:
             next_task: store.ActivityTask | None = task
             while next_task is not None and not self.immediate:
+                if self._is_async(next_task):
+                    asyncio.run_coroutine_threadsafe(self._run_async(next_task), self._event_loop())
+                    handed = True
+                    return
                 next_task = self._attempt(next_task)
         except Exception:  # noqa: BLE001 - never lose the slot
             log.exception("activity-record-failed name=%s id=%s", task.name, task.activity_id)
         finally:
-            self.release(1)
-            self.wakeups.wake(Wake.SLOT)
+            if not handed:
+                self.release(1)
+                self.wakeups.wake(Wake.SLOT)
+
+    async def _run_async(self, task: store.ActivityTask) -> None:
+        """``_run`` on the event loop: async def attempts, one after the
+        other in this slot; a plain one goes back to a thread with the slot."""
+        handed = False
+        try:
+            next_task: store.ActivityTask | None = task
+            while next_task is not None and not self.immediate:
+                if not self._is_async(next_task):
+                    self._executor.submit(self._run, next_task)
+                    handed = True
+                    return
+                next_task = await self._attempt_async(next_task)
+        except Exception:  # noqa: BLE001 - never lose the slot
+            log.exception("activity-record-failed name=%s id=%s", task.name, task.activity_id)
+        finally:
+            if not handed:
+                self.release(1)
+                self.wakeups.wake(Wake.SLOT)
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                self._loop_thread = threading.Thread(target=loop.run_forever, name="flows-activity-loop", daemon=True)
+                self._loop_thread.start()
+                self._loop = loop
+            return self._loop
 
     def _lost(self, task: store.ActivityTask, definition: ActivityDefinition[Any, Any] | None) -> store.ActivityTask | None:
         """Deliveries that never reported back are failed attempts: record
@@ -201,10 +246,8 @@ class ActivityRunner:
         log.warning("activity-attempt-lost name=%s id=%s attempt=%s", task.name, task.activity_id, attempt + 1)
         return self._record(Attempt(replace(task, attempt=attempt), definition, error=error), self.lease_to())
 
-    def _attempt(self, task: store.ActivityTask) -> store.ActivityTask | None:
-        definition = self.activities.get(task.name)
-        if task.lost:
-            return self._lost(task, definition)
+    def _running(self, task: store.ActivityTask, definition: ActivityDefinition[Any, Any] | None) -> Running:
+        """An attempt about to start, with its context, deadlines and heartbeats."""
         timeout = definition.timeout_seconds if definition is not None else DEFAULT_ACTIVITY_TIMEOUT_SECONDS
         beat_timeout = definition.heartbeat_timeout_seconds if definition is not None else None
         ctx = ActivityContext(
@@ -216,6 +259,14 @@ class ActivityRunner:
                           None if beat_timeout is None else started + beat_timeout, beat_timeout,
                           min(HEARTBEAT_FLUSH_MAX_SECONDS, (beat_timeout or timeout) / 3))
         ctx._beat = lambda details: self._beat(running, details)
+        return running
+
+    def _attempt(self, task: store.ActivityTask) -> store.ActivityTask | None:
+        definition = self.activities.get(task.name)
+        if task.lost:
+            return self._lost(task, definition)
+        running = self._running(task, definition)
+        ctx, started = running.ctx, running.started
         output: bytes | None = None
         error: str | None = None
         try:
@@ -245,6 +296,42 @@ class ActivityRunner:
                      ctx.attempt, error.split(":", 1)[0])
         return self._record(Attempt(task, definition, output, error, duration, running.details), self.lease_to())
 
+    async def _attempt_async(self, task: store.ActivityTask) -> store.ActivityTask | None:
+        """An async def attempt: its coroutine runs as a task of its own on
+        this loop, cancelled by the watchdog at its timeout; the end is
+        recorded on a thread (the store is synchronous)."""
+        definition = self.activities[task.name]
+        running = self._running(task, definition)
+        loop = asyncio.get_running_loop()
+        output: bytes | None = None
+        error: str | None = None
+        try:
+            inp = codec.decode(task.input, definition.input_type)
+            with running.lock:
+                running.loop = loop
+                running.aio_task = asyncio.ensure_future(definition.fn(running.ctx, inp))
+            self._watch_attempt(running)
+            result = await running.aio_task
+            output = codec.encode(result, "activity result")
+        except asyncio.CancelledError:
+            error = f"CancelledError: attempt {task.attempt + 1} was cancelled"
+        except Exception as exc:  # noqa: BLE001 - an activity may raise anything
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            with running.lock:
+                running.aio_task = None
+        recording = running.end()
+        duration = time.monotonic() - running.started
+        if not recording:
+            log.warning("activity-late-result-discarded name=%s id=%s attempt=%s ran=%.1fs",
+                        task.name, task.activity_id, running.ctx.attempt, duration)
+            return None
+        if error is not None:
+            log.info("activity-attempt-failed name=%s id=%s attempt=%s error=%s", task.name, task.activity_id,
+                     running.ctx.attempt, error.split(":", 1)[0])
+        attempt = Attempt(task, definition, output, error, duration, running.details)
+        return await loop.run_in_executor(self._recorders, self._record, attempt, self.lease_to())
+
     # -- heartbeats -------------------------------------------------------------
 
     def _beat(self, running: Running, details: Any) -> bool:
@@ -259,9 +346,9 @@ class ActivityRunner:
             if running.beat_timeout is not None:
                 running.beat_deadline = now + running.beat_timeout
             flush = now >= running.flushed_at + running.flush_every
-        if flush:
+        if flush and running.loop is None:
             self._flush(running)
-        elif running.pending:
+        elif running.pending:  # (an async attempt never waits for the database on its loop)
             self._rewatch(running)  # the watchdog sends it by the flush time
         return not running.ended and running.held
 
@@ -340,10 +427,12 @@ class ActivityRunner:
         if not running.end():
             return
         running.ctx._cancelled.set()
-        with running.lock:  # stop the activity's code at its next Python instruction
+        with running.lock:  # stop the activity's code at its next Python instruction (or await)
             if running.thread is not None:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running.thread),
                                                            ctypes.py_object(AttemptInterrupted))
+            if running.aio_task is not None and running.loop is not None:
+                running.loop.call_soon_threadsafe(running.aio_task.cancel)
         task, now = running.task, time.monotonic()
         if running.beat_deadline is not None and running.beat_deadline < running.deadline:
             assert running.definition is not None and running.definition.heartbeat_timeout_seconds is not None
@@ -459,6 +548,14 @@ class ActivityRunner:
             while self.free_slots() < self.concurrency and time.monotonic() < deadline:
                 time.sleep(0.05)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._recorders.shutdown(wait=False, cancel_futures=True)
+        if self._loop is not None and self._loop_thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(5.0)
+            if not self._loop_thread.is_alive():
+                for task in asyncio.all_tasks(self._loop):
+                    task.cancel()
+                self._loop.close()
         with self._watch_cond:
             self._watch_stop = True
             self._watch_cond.notify()

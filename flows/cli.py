@@ -303,6 +303,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if diverged else 0
 
 
+def cmd_schedules(args: argparse.Namespace) -> int:
+    with _engine(args) as engine:
+        if args.action == "list":
+            _print(engine.list_schedules())
+        elif args.schedule_id is None:
+            raise InvalidInput(f"flows schedules {args.action} needs a SCHEDULE_ID")
+        elif args.action == "pause":
+            _print(engine.pause_schedule(args.schedule_id))
+        elif args.action == "resume":
+            _print(engine.resume_schedule(args.schedule_id))
+        elif args.action == "delete":
+            print("deleted" if engine.delete_schedule(args.schedule_id) else "no such schedule")
+        else:
+            _print(engine.trigger_schedule(args.schedule_id))
+    return 0
+
+
 def cmd_devdb(args: argparse.Namespace) -> int:
     if args.action == "start":
         print(embedded.start())
@@ -476,6 +493,12 @@ def parser() -> argparse.ArgumentParser:
                  "  flows replay run.json --app webapp.loans\n  flows replay runs/*.json --app myapp.workflows\n")
     rp.add_argument("files", nargs="+", metavar="FILE", help="files written by flows export")
     rp.add_argument("--app", required=True, help="module that defines the workflows")
+
+    sc = command("schedules", cmd_schedules, "list, pause, resume, delete or trigger (start a run now) schedules",
+                 "  flows schedules list\n  flows schedules pause nightly-report\n"
+                 "  flows schedules trigger nightly-report\n")
+    sc.add_argument("action", choices=["list", "pause", "resume", "delete", "trigger"])
+    sc.add_argument("schedule_id", nargs="?", default=None, metavar="SCHEDULE_ID")
 
     d = command("devdb", cmd_devdb, "start, stop or check the embedded PostgreSQL (under FLOWS_PGDATA or ./.pgdata)",
                 "  flows devdb start    # prints its DATABASE_URL\n  flows devdb status\n  flows devdb stop\n")

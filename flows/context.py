@@ -10,15 +10,24 @@ import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, NoReturn, Sequence, TypeVar
-from uuid import UUID
+from typing import Any, Callable, Generic, NoReturn, Sequence, TypeVar
+from uuid import UUID, uuid5
 
 import msgspec
 import uuid6
 
 from flows import codec, history
 from flows.definitions import ActivityDefinition, WorkflowDefinition
-from flows.errors import ActivityCancelled, ActivityFailed, InvalidInput, NonDeterminismError, ReplayOverBudget, Suspend
+from flows.errors import (
+    ActivityCancelled,
+    ActivityFailed,
+    ChildWorkflowFailed,
+    InvalidInput,
+    NonDeterminismError,
+    ReplayOverBudget,
+    Suspend,
+    Timeout,
+)
 
 T = TypeVar("T")
 MAX_RANDOM_BYTES = 1024
@@ -59,7 +68,38 @@ class RecordEvent:
     event: msgspec.Struct
 
 
-Command = ScheduleActivity | ConsumeSignal | StartTimer | RecordEvent
+
+
+@dataclass(frozen=True)
+class AwaitSignal:
+    """A signal wait with a timeout: a timer that races the signal."""
+
+    seq: int
+    name: str
+    timer_id: UUID
+    fire_at: datetime
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    """The signal won: its timeout's timer goes."""
+
+    seq: int
+    timer_id: UUID
+
+
+@dataclass(frozen=True)
+class StartChild:
+    seq: int
+    workflow: WorkflowDefinition[Any, Any]
+    workflow_id: UUID
+    input: bytes
+    parent_close: str
+
+
+Command = ScheduleActivity | ConsumeSignal | StartTimer | RecordEvent | AwaitSignal | CancelTimer | StartChild
+PARENT_CLOSE_POLICIES = ("cancel", "abandon")
 
 
 @dataclass
@@ -118,6 +158,57 @@ class ActivityContext:
         if self._beat is not None and not self._beat(details):
             self._cancelled.set()
             raise ActivityCancelled(f"activity {self.activity_name} attempt {self.attempt} was cancelled")
+
+
+class Handle(Generic[T]):
+    """A step started without waiting for it (``ctx.start_activity``,
+    ``ctx.start_child``). ``result()`` waits for it; ``ctx.gather()`` waits
+    for several."""
+
+    def __init__(self, ctx: WorkflowContext, seq: int, kind: str, name: str, output_type: Any) -> None:
+        self._ctx = ctx
+        self.seq = seq
+        self.kind = kind
+        self.name = name
+        self._output_type = output_type
+
+    @property
+    def waiting_for(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    def result(self) -> T:
+        """The output, once the step has ended (the workflow waits until
+        then); raises its failure (``ActivityFailed``, ``ChildWorkflowFailed``)."""
+        step = self._ctx._wait_until(self.waiting_for, lambda: self._ctx._done_step(self.seq))
+        return self._value(step)  # type: ignore[no-any-return]
+
+    def _value(self, step: history.Step) -> Any:
+        raise NotImplementedError
+
+
+class ActivityHandle(Handle[T]):
+    """An activity started with ``ctx.start_activity``."""
+
+    def _value(self, step: history.Step) -> Any:
+        if isinstance(step.value, history.ActivityFailed):
+            raise ActivityFailed(self.name, step.value.error, step.value.attempts)
+        return codec.decode(step.value.output, self._output_type)
+
+
+class ChildHandle(Handle[T]):
+    """A child workflow started with ``ctx.start_child``: ``workflow_name``
+    (its base name) and ``workflow_id`` address it from outside (query,
+    signal) like any workflow."""
+
+    def __init__(self, ctx: WorkflowContext, seq: int, name: str, output_type: Any, workflow_id: UUID) -> None:
+        super().__init__(ctx, seq, "child", name, output_type)
+        self.workflow_name = name
+        self.workflow_id = workflow_id
+
+    def _value(self, step: history.Step) -> Any:
+        if isinstance(step.value, history.ChildFailed):
+            raise ChildWorkflowFailed(self.name, self.workflow_id, step.value.status, step.value.error)
+        return codec.decode(step.value.output, self._output_type)
 
 
 @dataclass
@@ -184,34 +275,122 @@ class WorkflowContext:
     def activity(self, act: ActivityDefinition[Any, T], inp: Any = None) -> T:
         """Run ``act`` (at least once) and return its output, or raise
         ``ActivityFailed`` once its retries are spent."""
+        return self.start_activity(act, inp).result()
+
+    def start_activity(self, act: ActivityDefinition[Any, T], inp: Any = None) -> ActivityHandle[T]:
+        """Schedule ``act`` and return at once with a handle: several
+        activities started before any is awaited run at the same time on the
+        fleet, each with its own attempts and retries. Await them with
+        ``handle.result()`` or ``ctx.gather()``."""
         if not isinstance(act, ActivityDefinition):
             raise InvalidInput(f"ctx.activity() takes an @flows.activity, not {act!r}")
         if self._next("activity", act.name) is None:
             data = codec.encode(inp, f"input of activity {act.name}")
             self.commands.append(ScheduleActivity(self._seq, act, uuid6.uuid7(), data))
-        seq = self._seq
-        step = self._wait_until(f"activity:{act.name}", lambda: self._done_step(seq))
-        if isinstance(step.value, history.ActivityFailed):
-            raise ActivityFailed(act.name, step.value.error, step.value.attempts)
-        return codec.decode(step.value.output, act.output_type)  # type: ignore[no-any-return]
+        return ActivityHandle(self, self._seq, "activity", act.name, act.output_type)
 
-    def wait_for_signal(self, name: str, type: Any = Any) -> Any:
+    def child(
+        self, wf: WorkflowDefinition[Any, T], inp: Any = None, *, workflow_id: object = None,
+        parent_close: str = "cancel",
+    ) -> T:
+        """Run ``wf`` as a child workflow and return its output, or raise
+        ``ChildWorkflowFailed`` if it fails or is cancelled. See ``start_child``."""
+        return self.start_child(wf, inp, workflow_id=workflow_id, parent_close=parent_close).result()
+
+    def start_child(
+        self, wf: WorkflowDefinition[Any, T], inp: Any = None, *, workflow_id: object = None,
+        parent_close: str = "cancel",
+    ) -> ChildHandle[T]:
+        """Start ``wf`` (the version given) as a child workflow and return a
+        handle at once. The child is a workflow of its own, on its own shard:
+        visible, queryable and signalable by its name and ``workflow_id``
+        (by default derived from this workflow's id and step, so the start is
+        idempotent across replays). Its end wakes this workflow.
+
+        ``parent_close`` is what happens to the child when this workflow
+        ends (completes, fails, is cancelled or times out) before it:
+        ``"cancel"`` (the default) cancels it, ``"abandon"`` lets it run on.
+        A run that continues as new leaves its children running."""
+        if not isinstance(wf, WorkflowDefinition):
+            raise InvalidInput(f"ctx.start_child() takes a @flows.workflow, not {wf!r}")
+        if parent_close not in PARENT_CLOSE_POLICIES:
+            raise InvalidInput(f"parent_close must be one of {PARENT_CLOSE_POLICIES}, got {parent_close!r}")
+        step = self._next("child", wf.name)
+        if step is not None:
+            return ChildHandle(self, self._seq, wf.name, wf.output_type, step.value.workflow_id)
+        if workflow_id is None:
+            child_id = uuid5(self.workflow_id, f"child:{self._seq}")
+        else:
+            try:
+                child_id = workflow_id if isinstance(workflow_id, UUID) else UUID(str(workflow_id))
+            except ValueError:
+                raise InvalidInput(f"workflow_id is not a UUID: {workflow_id!r}") from None
+        data = codec.encode(inp, f"input of child workflow {wf.name}")
+        codec.decode(data, wf.input_type)  # refuse input the child could not read
+        self.commands.append(StartChild(self._seq, wf, child_id, data, parent_close))
+        return ChildHandle(self, self._seq, wf.name, wf.output_type, child_id)
+
+    def gather(self, *handles: Handle[Any], fail_fast: bool = False) -> list[Any]:
+        """Wait for every handle and return their outputs, in the order given.
+
+        If some failed, the failure recorded first is raised once all have
+        ended; with ``fail_fast`` it is raised as soon as one has failed
+        (the others go on; await or abandon them). Either way the same one
+        on every replay, whichever order the steps ended in."""
+        if not all(isinstance(h, Handle) and h._ctx is self for h in handles):
+            raise InvalidInput("ctx.gather() takes handles from ctx.start_activity() or ctx.start_child()")
+        while True:
+            steps = [(h, self._steps.get(h.seq)) for h in handles]
+            failed = sorted(((s.order, i) for i, (_, s) in enumerate(steps) if s is not None and s.done
+                             and isinstance(s.value, (history.ActivityFailed, history.ChildFailed))))
+            pending = [h for h, s in steps if s is None or not s.done]
+            if failed and (fail_fast or not pending):
+                handles[failed[0][1]].result()  # raises
+            if not pending:
+                return [h.result() for h in handles]
+            left = len(pending)
+            self._wait_until(",".join(h.waiting_for for h in pending),
+                             lambda: True if sum(not (s := self._steps.get(h.seq)) or not s.done
+                                                 for h in handles) < left else None)
+
+    def wait_for_signal(self, name: str, type: Any = Any, timeout: float | None = None) -> Any:
         """Return the payload of the oldest unconsumed signal ``name``, waiting
-        for one to arrive if there is none yet."""
+        for one to arrive if there is none yet.
+
+        With ``timeout`` (seconds), a durable timer races the signal: if it
+        fires first, ``flows.Timeout`` is raised. Whichever came first is
+        recorded, so every replay takes the same branch; a signal that comes
+        later stays for the next wait."""
         if not name or not isinstance(name, str) or len(name) > 200 or "\0" in name:
             raise InvalidInput(f"signal name must be a non-empty string of <= 200 chars without NUL, got {name!r}")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout >= 0):
+            raise InvalidInput(f"timeout needs a number of seconds >= 0, got {timeout!r}")
         step = self._next("signal", name)
-        if step is not None:
-            return codec.decode(step.value.payload, type)
         seq = self._seq
+        if step is None and timeout is not None and not self._signals.get(name):
+            seconds = float(timeout)
+            fire_at = self._db_now + timedelta(seconds=seconds)
+            self.commands.append(AwaitSignal(seq, name, uuid6.uuid7(), fire_at, seconds))
 
-        def oldest() -> PendingSignal | None:
+        def ready() -> tuple[history.Step | PendingSignal] | None:
+            recorded = self._done_step(seq)
+            if recorded is not None:
+                return (recorded,)
             queue = self._signals.get(name)
-            return queue.pop(0) if queue else None
+            return (queue.pop(0),) if queue else None
 
-        signal = self._wait_until(f"signal:{name}", oldest)
-        self.commands.append(ConsumeSignal(seq, signal))
-        return codec.decode(signal.payload, type)
+        got = self._wait_until(f"signal:{name}", ready)[0]
+        if isinstance(got, history.Step):
+            if isinstance(got.value, history.TimerFired):
+                awaited = self._fold.awaited.get(seq)
+                raise Timeout(name, awaited.seconds if awaited is not None else float(timeout or 0))
+            return codec.decode(got.value.payload, type)
+        self.commands.append(ConsumeSignal(seq, got))
+        awaited = self._fold.awaited.get(seq)
+        if awaited is not None:
+            self.commands.append(CancelTimer(seq, awaited.timer_id))
+        return codec.decode(got.payload, type)
 
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` on a durable timer, measured by the database clock."""

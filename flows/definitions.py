@@ -69,6 +69,7 @@ class ActivityDefinition(Generic[In, Out]):
     input_type: Any = field(default=Any)
     output_type: Any = field(default=Any)
     heartbeat_timeout_seconds: float | None = None
+    is_async: bool = False  # an async def: its attempts run on the worker's event loop
 
     def __call__(self, ctx: Any, inp: In) -> Out:
         return self.fn(ctx, inp)
@@ -97,11 +98,23 @@ def _check_name(name: str) -> None:
         raise ConfigurationError(f"invalid name {name!r}: non-empty, <= 100 chars, no '-shard-'")
 
 
-def _check_plain_function(kind: str, fn: Callable[..., Any]) -> None:
-    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+def _check_activity_function(fn: Callable[..., Any]) -> None:
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
         raise ConfigurationError(
-            f"{kind} {fn.__qualname__} must be a plain function: async and generator functions are not supported"
+            f"activity {fn.__qualname__} must be a plain function or an async def returning its result:"
+            " generator functions are not supported"
         )
+
+
+def _check_workflow_function(fn: Callable[..., Any]) -> None:
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise ConfigurationError(
+            f"workflow {fn.__qualname__} must be a plain function, not async def: a workflow is replayed, not"
+            " awaited, and does no I/O of its own (activities may be async def; start several at once with"
+            " ctx.start_activity and ctx.gather)"
+        )
+    if inspect.isgeneratorfunction(fn):
+        raise ConfigurationError(f"workflow {fn.__qualname__} must be a plain function: generators are not supported")
 
 
 def _register(table: dict[Any, Any], key: Any, kind: str, definition: Any) -> None:
@@ -126,7 +139,12 @@ def activity(
     ``heartbeat_timeout``, an attempt must also call ``ctx.heartbeat()`` at
     least that often, or it is taken for lost and retried; long activities
     beat instead of taking a huge timeout. Activities run at least once:
-    pass ``ctx.idempotency_key`` to the services they call."""
+    pass ``ctx.idempotency_key`` to the services they call.
+
+    ``fn`` may be an ``async def``: its attempts then run on an asyncio event
+    loop in the worker (many I/O-bound attempts at once in one thread),
+    with the same retries, timeouts (the attempt's task is cancelled) and
+    heartbeats; it must not block the loop."""
     _check_name(name)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
         raise ConfigurationError(f"activity timeout must be a number of seconds > 0, got {timeout!r}")
@@ -137,10 +155,11 @@ def activity(
         raise ConfigurationError(f"heartbeat_timeout must be a number of seconds > 0, got {heartbeat_timeout!r}")
 
     def wrap(fn: Callable[[Any, In], Out]) -> ActivityDefinition[In, Out]:
-        _check_plain_function("activity", fn)
+        _check_activity_function(fn)
         inp, out = _io_types(fn)
         definition = ActivityDefinition(
-            name, fn, retry, float(timeout), inp, out, None if heartbeat_timeout is None else float(heartbeat_timeout)
+            name, fn, retry, float(timeout), inp, out, None if heartbeat_timeout is None else float(heartbeat_timeout),
+            inspect.iscoroutinefunction(fn),
         )
         _register(_activities, name, "activity", definition)
         return definition
@@ -165,7 +184,7 @@ def workflow(name: str, *, version: int = 1) -> Callable[[Callable[[Any, In], Ou
         raise ConfigurationError(f"workflow version must be a positive integer, got {version!r}")
 
     def wrap(fn: Callable[[Any, In], Out]) -> WorkflowDefinition[In, Out]:
-        _check_plain_function("workflow", fn)
+        _check_workflow_function(fn)
         inp, out = _io_types(fn)
         definition = WorkflowDefinition(name, fn, version, inp, out)
         _register(_workflows, (name, version), "workflow", definition)

@@ -21,7 +21,7 @@ from uuid import UUID
 import msgspec
 import uuid6
 
-from flows import codec, operations, sharding, store
+from flows import codec, operations, schedules, sharding, store
 from flows.definitions import WorkflowDefinition, find_workflow
 from flows.errors import (
     ConfigurationError,
@@ -71,8 +71,10 @@ class WorkflowStatus(msgspec.Struct, frozen=True):
     """Where a workflow stands. ``name`` is the sharded name it is stored
     under (``order-shard-2``), which every Engine call accepts in place of
     the base name. ``waiting_for`` names what blocks it: ``activity:<name>``,
-    ``signal:<name>`` or ``timer``; with an activity, ``activity`` describes
-    its attempts (from ``query`` only)."""
+    ``signal:<name>``, ``child:<name>`` or ``timer``, or several of them
+    comma-separated when it waits for all (``ctx.gather``). With activities,
+    ``activity`` describes the attempts of the latest it waits for and
+    ``activities`` those of every one not ended (from ``query`` only)."""
 
     id: UUID
     tenant_id: UUID
@@ -88,6 +90,7 @@ class WorkflowStatus(msgspec.Struct, frozen=True):
     updated_at: datetime
     completed_at: datetime | None
     activity: ActivityStatus | None = None
+    activities: list[ActivityStatus] = []
 
 
 def parse_uuid(value: object, what: str = "workflow_id") -> UUID:
@@ -196,13 +199,7 @@ class Engine:
     def _locate(self, workflow_name: object, workflow_id: object) -> tuple[str, UUID, str]:
         """The base name, id and shard of a workflow named by its base name
         (``order``) or by the sharded name a WorkflowStatus carries (``order-shard-2``)."""
-        name = _base_name(workflow_name)
-        wid = parse_uuid(workflow_id)
-        base, index = sharding.split_sharded(name)
-        shard = self.shard_of(base, wid)
-        if index is not None and shard != name:
-            raise WorkflowNotFound(f"no workflow {name}/{wid}: with {self.shards} shards, that id belongs on {shard}")
-        return base, wid, shard
+        return locate(self.shards, workflow_name, workflow_id)
 
     def shard_names(self, workflow_name: str) -> list[str]:
         return sharding.all_shard_names(workflow_name, self.shards)
@@ -217,6 +214,7 @@ class Engine:
         tenant_id: object = None,
         workflow_id: object = None,
         conn: Any = None,
+        timeout: float | None = None,
     ) -> Execution:
         """Start ``workflow`` with ``inp``.
 
@@ -230,32 +228,44 @@ class Engine:
         it uses the engine's pool and commits at once.
 
         With ``workflow_id`` the start is idempotent: starting an id that
-        exists returns that execution (``created=False``)."""
-        if not isinstance(workflow, WorkflowDefinition):
-            raise InvalidInput(f"start() takes a @flows.workflow, not {workflow!r}")
-        data = codec.encode(inp, "input")
-        codec.decode(data, workflow.input_type)  # refuse input the workflow could not read
-        wid = uuid6.uuid7() if workflow_id is None else parse_uuid(workflow_id)
-        tenant = _tenant(tenant_id)
-        shard = self.shard_of(workflow.name, wid)
-
-        def insert(c: Any) -> Execution:
-            with store.within_callers_transaction(c):
-                created = store.insert_workflow(
-                    c, shard=shard, workflow_id=wid, tenant_id=tenant, version=workflow.version, input=data,
-                    event_id=uuid6.uuid7(), task_id=uuid6.uuid7(),
-                )
-                if not created:
-                    found = store.workflow_tenant_and_status(c, shard, wid, tenant)
-                    if found is None:
-                        raise InvalidInput(f"workflow_id {wid} is already used")
-            return Execution(wid, workflow.name, shard, tenant, created)
-
+        exists returns that execution (``created=False``). With ``timeout``
+        (seconds, by the database clock) a workflow still running that long
+        after its start ends ``failed`` with "timed out", its pending work
+        dropped (and its children cancelled, per their policy)."""
+        statement, execution = start_request(self.shards, workflow, inp, tenant_id, workflow_id, timeout)
         with store.wrapped():
             if conn is not None:
-                return insert(conn)
-            with self.connection() as c:
-                return insert(c)
+                with store.within_callers_transaction(conn):
+                    answer = store.run(conn, statement)
+            else:
+                with self.connection() as c:
+                    answer = store.run(c, statement)
+        return started(execution, answer)
+
+    def signal_with_start(
+        self,
+        workflow: WorkflowDefinition[Any, Any],
+        inp: Any,
+        signal_name: str,
+        payload: Any = None,
+        *,
+        workflow_id: object,
+        tenant_id: object = None,
+        timeout: float | None = None,
+    ) -> Execution:
+        """Start ``workflow`` under ``workflow_id`` unless it exists, and
+        deliver signal ``signal_name`` to it, in one transaction: callers
+        racing on one id make one workflow, and each signal is delivered.
+        ``created`` says whether this call started it. Raises
+        WorkflowNotRunning if the workflow exists and has ended (the signal
+        is not stored), InvalidInput if the id is another tenant's."""
+        if workflow_id is None:
+            raise InvalidInput("signal_with_start needs a workflow_id", path="workflow_id")
+        statement, execution = signal_with_start_request(
+            self.shards, workflow, inp, signal_name, payload, tenant_id, workflow_id, timeout)
+        with store.wrapped(), self.connection() as c:
+            answer = store.run(c, statement)
+        return signalled_start(execution, answer)
 
     def send_signal(
         self, workflow_name: str, workflow_id: object, signal_name: str, payload: Any = None, *,
@@ -264,54 +274,22 @@ class Engine:
         """Deliver signal ``signal_name`` to a running workflow; it is kept
         until the workflow waits for it. Raises WorkflowNotFound, or
         WorkflowNotRunning once the workflow has ended."""
-        name, wid, shard = self._locate(workflow_name, workflow_id)
-        tenant = _tenant(tenant_id)
-        if not isinstance(signal_name, str) or not signal_name or len(signal_name) > 200 or "\0" in signal_name:
-            raise InvalidInput(f"signal_name must be a non-empty string of <= 200 chars without NUL, got {signal_name!r}",
-                               path="signal_name")
-        data = codec.encode(payload, "payload")
-        signal_id = uuid6.uuid7()
+        request = signal_request(self, workflow_name, workflow_id, signal_name, payload, tenant_id)
         with store.wrapped(), self.connection() as c:
-            status = store.send_signal(c, shard=shard, workflow_id=wid, tenant_id=tenant, signal_id=signal_id,
-                                       name=signal_name, payload=data, task_id=uuid6.uuid7())
-        if status is None:
-            raise WorkflowNotFound(f"no workflow {name}/{wid}")
-        if status in ENDED:
-            raise WorkflowNotRunning(f"workflow {name}/{wid} is {status}; it takes no more signals")
-        return signal_id
+            status = store.run(c, request.statement)
+        return request.answer(status)
 
     def query(self, workflow_name: str, workflow_id: object, *, tenant_id: object = None) -> WorkflowStatus:
         """The workflow's current status (``WorkflowNotFound`` if this tenant has no such workflow)."""
         name, wid, shard = self._locate(workflow_name, workflow_id)
         with store.wrapped(), self.connection() as c:
-            row = store.get_workflow(c, shard, wid, _tenant(tenant_id))
-            if row is None:
-                raise WorkflowNotFound(f"no workflow {name}/{wid}")
-            waiting = row.waiting_for or ""
-            activity = store.waited_activity(c, shard, wid) if waiting.startswith("activity:") else None
-        status = self._status(name, row)
-        if activity is None:
-            return status
-        return msgspec.structs.replace(status, activity=ActivityStatus(
-            activity.id, activity.name, activity.status, activity.attempt, activity.max_attempts, activity.started_at,
-            activity.error, activity.next_retry_at, activity.heartbeat_at, codec.decode(activity.heartbeat_details),
-        ))
+            row = store.run(c, store.workflow_statement(shard, wid, _tenant(tenant_id)))
+            waits = row is not None and "activity:" in (row.waiting_for or "")
+            activities = store.run(c, store.pending_activities(shard, wid)) if waits else []
+        return workflow_status(name, wid, row, activities)
 
     def _status(self, name: str, row: store.WorkflowRow) -> WorkflowStatus:
-        definition = find_workflow(name, row.version)
-
-        def typed(data: str | None, target: Any) -> Any:
-            try:
-                return codec.decode(data, target if definition is not None else Any)
-            except InvalidInput:  # the code changed shape since: give the raw JSON
-                return codec.decode(data)
-
-        return WorkflowStatus(
-            row.id, row.tenant_id, row.name, row.version, row.status, row.error,
-            typed(row.output, definition and definition.output_type), row.waiting_for,
-            typed(row.input, definition and definition.input_type),
-            row.sequence_num, row.created_at, row.updated_at, row.completed_at,
-        )
+        return _status(name, row)
 
     def ping(self, timeout: float = 2.0) -> None:
         """Check the database answers within ``timeout`` seconds; raise DatabaseError if not."""
@@ -328,43 +306,29 @@ class Engine:
         deadline = None if timeout is None else time.monotonic() + timeout
         with store.wrapped(), store.connect(self.dsn, autocommit=True) as listen:
             store.listen(listen, [sharding.channel(shard, "flows-done")])
-            store.count_result_waiter(listen, shard, wid, tenant, +1)  # only then is the end announced
+            store.run(listen, store.result_waiter_statement(shard, wid, tenant, +1))  # only then is the end announced
             try:
                 while True:
-                    row = store.get_workflow(listen, shard, wid, tenant)
-                    if row is None:
-                        raise WorkflowNotFound(f"no workflow {name}/{wid}")
-                    if row.status in ENDED:
-                        status = self._status(name, row)
-                        if row.status == "completed":
-                            return status.output
-                        raise WorkflowFailed(wid, row.status, row.error)
-                    wait = RESULT_RECHECK_SECONDS
-                    if deadline is not None:
-                        wait = min(wait, deadline - time.monotonic())
-                        if wait <= 0:
-                            raise TimeoutError(f"workflow {name}/{wid} still {row.status} after {timeout}s")
+                    row = store.run(listen, store.workflow_statement(shard, wid, tenant))
+                    done, value = ended(name, wid, row)
+                    if done:
+                        return value
+                    wait = result_wait(name, wid, row, deadline, timeout)
                     for _ in listen.notifies(timeout=wait, stop_after=1):
                         pass
             finally:
                 if not listen.closed:
-                    store.count_result_waiter(listen, shard, wid, tenant, -1)
+                    store.run(listen, store.result_waiter_statement(shard, wid, tenant, -1))
 
     def cancel(self, workflow_name: str, workflow_id: object, *, tenant_id: object = None) -> bool:
         """Cancel a running workflow: it ends as ``cancelled`` and its pending
-        work is dropped (an activity attempt in flight finishes unrecorded).
-        False if it had already ended."""
+        work is dropped (an activity attempt in flight finishes unrecorded);
+        its child workflows with the ``"cancel"`` parent-close policy (the
+        default) are cancelled in turn. False if it had already ended."""
         name, wid, shard = self._locate(workflow_name, workflow_id)
-        tenant = _tenant(tenant_id)
-        with store.wrapped(), self.connection() as c, c.transaction():
-            found = store.workflow_tenant_and_status(c, shard, wid, tenant, lock="UPDATE")
-            if found is None:
-                raise WorkflowNotFound(f"no workflow {name}/{wid}")
-            if found[1] in ENDED:
-                return False
-            store.cancel_workflow(c, shard, wid, found[0], uuid6.uuid7())
-        return True
-
+        with store.wrapped(), self.connection() as c:
+            before = store.run(c, store.cancel_workflow(shard, wid, _tenant(tenant_id)))
+        return cancelled(name, wid, before)
 
     # -- operating a running system (the console and the CLI) -----------------
     #
@@ -492,3 +456,240 @@ class Engine:
         from flows.replayer import replay_export
 
         return replay_export(document, workflows)
+
+    # -- schedules ----------------------------------------------------------
+
+    def schedule(
+        self,
+        workflow: WorkflowDefinition[Any, Any],
+        cron: str,
+        inp: Any = None,
+        *,
+        schedule_id: str,
+        timezone: str = "UTC",
+        overlap: str = "skip",
+        catch_up: str | float = "latest",
+        tenant_id: object = None,
+    ) -> schedules.ScheduleInfo:
+        """Create (or replace) the schedule ``schedule_id``: start
+        ``workflow`` with ``inp`` at each tick of ``cron`` in ``timezone``.
+        See ``flows.schedules`` for the cron syntax and the policies:
+        ``overlap`` ("skip", "buffer_one", "allow") when the last run still
+        runs at a tick, ``catch_up`` ("all", "latest", or a window in
+        seconds) for ticks missed while no worker ran. Workers fire
+        schedules; each tick starts one run, whose id is derived from the
+        schedule and the tick, however many fleets share the database."""
+        spec = schedules.spec(workflow, cron, inp, schedule_id=schedule_id, timezone=timezone, overlap=overlap,
+                              catch_up=catch_up, tenant_id=_tenant(tenant_id))
+        with store.wrapped(), self.connection() as c:
+            return schedules.save(c, spec)
+
+    def list_schedules(self) -> list[schedules.ScheduleInfo]:
+        """Every schedule, by id."""
+        with store.wrapped(), self.connection() as c:
+            return schedules.list_all(c)
+
+    def pause_schedule(self, schedule_id: str) -> schedules.ScheduleInfo:
+        """Stop firing ``schedule_id`` until ``resume_schedule``."""
+        with store.wrapped(), self.connection() as c:
+            return schedules.set_paused(c, schedule_id, True)
+
+    def resume_schedule(self, schedule_id: str) -> schedules.ScheduleInfo:
+        """Fire ``schedule_id`` again from its next tick after now (ticks
+        missed while paused are skipped)."""
+        with store.wrapped(), self.connection() as c:
+            return schedules.set_paused(c, schedule_id, False)
+
+    def delete_schedule(self, schedule_id: str) -> bool:
+        """Delete ``schedule_id`` (runs it started go on); False if there was none."""
+        with store.wrapped(), self.connection() as c:
+            return schedules.delete(c, schedule_id)
+
+    def trigger_schedule(self, schedule_id: str) -> Execution:
+        """Start a run of ``schedule_id`` now, whatever its cron and overlap
+        policy (its id is derived from the schedule and the database's time)."""
+        with store.wrapped(), self.connection() as c:
+            row, wid, created = schedules.trigger(c, schedule_id, self.shards)
+        return Execution(wid, row.workflow_name, self.shard_of(row.workflow_name, wid), row.tenant_id, created)
+
+
+# -- requests shared by Engine and AsyncEngine: validation, SQL, answers --------
+
+
+def locate(shards: int, workflow_name: object, workflow_id: object) -> tuple[str, UUID, str]:
+    """See ``Engine._locate``."""
+    name = _base_name(workflow_name)
+    wid = parse_uuid(workflow_id)
+    base, index = sharding.split_sharded(name)
+    shard = sharding.sharded_name(base, wid, shards)
+    if index is not None and shard != name:
+        raise WorkflowNotFound(f"no workflow {name}/{wid}: with {shards} shards, that id belongs on {shard}")
+    return base, wid, shard
+
+
+@dataclass(frozen=True)
+class _Start:
+    execution: Execution
+    version: int
+    input: bytes
+    timeout: float | None
+
+
+def _start_parts(
+    shards: int, workflow: WorkflowDefinition[Any, Any], inp: Any, tenant_id: object, workflow_id: object,
+    timeout: float | None,
+) -> _Start:
+    if not isinstance(workflow, WorkflowDefinition):
+        raise InvalidInput(f"start() takes a @flows.workflow, not {workflow!r}")
+    data = codec.encode(inp, "input")
+    codec.decode(data, workflow.input_type)  # refuse input the workflow could not read
+    wid = uuid6.uuid7() if workflow_id is None else parse_uuid(workflow_id)
+    tenant = _tenant(tenant_id)
+    _check_timeout(timeout)
+    shard = sharding.sharded_name(workflow.name, wid, shards)
+    return _Start(Execution(wid, workflow.name, shard, tenant, True), workflow.version, data,
+                  None if timeout is None else float(timeout))
+
+
+def start_request(
+    shards: int, workflow: WorkflowDefinition[Any, Any], inp: Any, tenant_id: object, workflow_id: object,
+    timeout: float | None,
+) -> tuple[store.Statement[str], Execution]:
+    parts = _start_parts(shards, workflow, inp, tenant_id, workflow_id, timeout)
+    ex = parts.execution
+    statement = store.start_workflow(shard=ex.workflow_name_sharded, workflow_id=ex.workflow_id,
+                                     tenant_id=ex.tenant_id, version=parts.version, input=parts.input,
+                                     timeout=parts.timeout)
+    return statement, ex
+
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):
+        raise InvalidInput(f"timeout must be a number of seconds > 0, got {timeout!r}", path="timeout")
+
+
+def started(execution: Execution, answer: str) -> Execution:
+    if answer == "taken":
+        raise InvalidInput(f"workflow_id {execution.workflow_id} is already used", path="workflow_id")
+    return execution if answer == "created" else msgspec.structs.replace(execution, created=False)
+
+
+def _check_signal_name(signal_name: object) -> str:
+    if not isinstance(signal_name, str) or not signal_name or len(signal_name) > 200 or "\0" in signal_name:
+        raise InvalidInput(f"signal_name must be a non-empty string of <= 200 chars without NUL, got {signal_name!r}",
+                           path="signal_name")
+    return signal_name
+
+
+def signal_with_start_request(
+    shards: int, workflow: WorkflowDefinition[Any, Any], inp: Any, signal_name: str, payload: Any,
+    tenant_id: object, workflow_id: object, timeout: float | None,
+) -> tuple[store.Statement[tuple[str, str | None]], Execution]:
+    parts = _start_parts(shards, workflow, inp, tenant_id, workflow_id, timeout)
+    name = _check_signal_name(signal_name)
+    data = codec.encode(payload, "payload")
+    ex = parts.execution
+    statement = store.signal_with_start(
+        shard=ex.workflow_name_sharded, workflow_id=ex.workflow_id, tenant_id=ex.tenant_id, version=parts.version,
+        input=parts.input, timeout=parts.timeout, signal_id=uuid6.uuid7(), name=name, payload=data)
+    return statement, ex
+
+
+def signalled_start(execution: Execution, answer: tuple[str, str | None]) -> Execution:
+    start, status = answer
+    execution = started(execution, start)
+    if status in ENDED:
+        raise WorkflowNotRunning(f"workflow {execution.workflow_name}/{execution.workflow_id} is {status};"
+                                 " it takes no more signals")
+    return execution
+
+
+@dataclass(frozen=True)
+class SignalRequest:
+    statement: store.Statement[str | None]
+    name: str
+    workflow_id: UUID
+    signal_id: UUID
+
+    def answer(self, status: str | None) -> UUID:
+        if status is None:
+            raise WorkflowNotFound(f"no workflow {self.name}/{self.workflow_id}")
+        if status in ENDED:
+            raise WorkflowNotRunning(f"workflow {self.name}/{self.workflow_id} is {status}; it takes no more signals")
+        return self.signal_id
+
+
+def signal_request(
+    engine: Any, workflow_name: str, workflow_id: object, signal_name: str, payload: Any, tenant_id: object,
+) -> SignalRequest:
+    name, wid, shard = engine._locate(workflow_name, workflow_id)
+    tenant = _tenant(tenant_id)
+    _check_signal_name(signal_name)
+    data = codec.encode(payload, "payload")
+    signal_id = uuid6.uuid7()
+    statement = store.send_signal_statement(
+        shard=shard, workflow_id=wid, tenant_id=tenant, signal_id=signal_id,
+        name=signal_name, payload=data, task_id=uuid6.uuid7())
+    return SignalRequest(statement, name, wid, signal_id)
+
+
+def _status(name: str, row: store.WorkflowRow) -> WorkflowStatus:
+    definition = find_workflow(name, row.version)
+
+    def typed(data: str | None, target: Any) -> Any:
+        try:
+            return codec.decode(data, target if definition is not None else Any)
+        except InvalidInput:  # the code changed shape since: give the raw JSON
+            return codec.decode(data)
+
+    return WorkflowStatus(
+        row.id, row.tenant_id, row.name, row.version, row.status, row.error,
+        typed(row.output, definition and definition.output_type), row.waiting_for,
+        typed(row.input, definition and definition.input_type),
+        row.sequence_num, row.created_at, row.updated_at, row.completed_at,
+    )
+
+
+def workflow_status(
+    name: str, wid: UUID, row: store.WorkflowRow | None, activities: list[store.ActivityRow]
+) -> WorkflowStatus:
+    if row is None:
+        raise WorkflowNotFound(f"no workflow {name}/{wid}")
+    status = _status(name, row)
+    if not activities:
+        return status
+    described = [ActivityStatus(
+        a.id, a.name, a.status, a.attempt, a.max_attempts, a.started_at, a.error, a.next_retry_at, a.heartbeat_at,
+        codec.decode(a.heartbeat_details),
+    ) for a in activities]
+    return msgspec.structs.replace(status, activity=described[-1], activities=described)
+
+
+def ended(name: str, wid: UUID, row: store.WorkflowRow | None) -> tuple[bool, Any]:
+    """For result(): (True, output) once completed; raises once failed or
+    cancelled; (False, None) while it runs."""
+    if row is None:
+        raise WorkflowNotFound(f"no workflow {name}/{wid}")
+    if row.status not in ENDED:
+        return False, None
+    if row.status == "completed":
+        return True, _status(name, row).output
+    raise WorkflowFailed(wid, row.status, row.error)
+
+
+def result_wait(name: str, wid: UUID, row: store.WorkflowRow | None, deadline: float | None,
+                timeout: float | None) -> float:
+    """How long result() waits for the next notification; TimeoutError past its deadline."""
+    wait = RESULT_RECHECK_SECONDS
+    if deadline is not None:
+        wait = min(wait, deadline - time.monotonic())
+        if wait <= 0:
+            raise TimeoutError(f"workflow {name}/{wid} still {row.status if row else 'running'} after {timeout}s")
+    return wait
+
+
+def cancelled(name: str, wid: UUID, before: str | None) -> bool:
+    if before is None:
+        raise WorkflowNotFound(f"no workflow {name}/{wid}")
+    return before == "running"

@@ -61,6 +61,30 @@ class ActivityFailed(FlowsError):
         self.attempts = attempts
 
 
+class ChildWorkflowFailed(FlowsError):
+    """A child workflow ended ``failed`` or ``cancelled`` (or its id belonged
+    to another workflow); raised inside the parent by ``ctx.child()`` and
+    ``ChildHandle.result()``. ``error`` is the child's."""
+
+    def __init__(self, workflow_name: str, workflow_id: object, status: str, error: str | None) -> None:
+        super().__init__(f"child workflow {workflow_name}/{workflow_id} {status}: {error}")
+        self.workflow_name = workflow_name
+        self.workflow_id = workflow_id
+        self.status = status
+        self.error = error
+
+
+class Timeout(FlowsError):
+    """Raised inside a workflow by ``ctx.wait_for_signal(..., timeout=s)``
+    when the durable timer fired before the signal came (recorded: every
+    replay raises it again at that step)."""
+
+    def __init__(self, signal_name: str, seconds: float) -> None:
+        super().__init__(f"no signal {signal_name!r} within {seconds:g}s")
+        self.signal_name = signal_name
+        self.seconds = seconds
+
+
 class ActivityCancelled(FlowsError):
     """Raised by ``ActivityContext.heartbeat()`` once the attempt's result can
     no longer be recorded (it timed out, its workflow ended, or its lease was

@@ -57,6 +57,39 @@ class SignalReceived(msgspec.Struct, frozen=True):
     payload: msgspec.Raw = msgspec.Raw(b"null")
 
 
+class SignalAwaited(msgspec.Struct, frozen=True):
+    """A wait for a signal with a timeout: the timer ``timer_id`` races the
+    signal, and whichever is recorded first at the step resolves it."""
+
+    signal_name: str
+    timer_id: UUID
+    fire_at: datetime
+    seconds: float
+
+
+class ChildScheduled(msgspec.Struct, frozen=True):
+    """A child workflow asked for: ``name`` its base name."""
+
+    name: str
+    workflow_id: UUID
+    input: msgspec.Raw = msgspec.Raw(b"null")
+    version: int = 1
+    parent_close: str = "cancel"
+
+
+class ChildCompleted(msgspec.Struct, frozen=True):
+    workflow_id: UUID
+    output: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class ChildFailed(msgspec.Struct, frozen=True):
+    """The child ended ``failed`` or ``cancelled`` (or could not start)."""
+
+    workflow_id: UUID
+    status: str = "failed"
+    error: str | None = None
+
+
 class TimerStarted(msgspec.Struct, frozen=True):
     timer_id: UUID
     fire_at: datetime
@@ -112,6 +145,10 @@ EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "activity_completed": ActivityCompleted,
     "activity_failed": ActivityFailed,
     "signal_received": SignalReceived,
+    "signal_awaited": SignalAwaited,
+    "child_scheduled": ChildScheduled,
+    "child_completed": ChildCompleted,
+    "child_failed": ChildFailed,
     "timer_started": TimerStarted,
     "timer_fired": TimerFired,
     "random_generated": RandomGenerated,
@@ -144,6 +181,7 @@ class Step:
     name: str
     done: bool = False
     value: Any = None  # the resolving event (or the recording one for instant steps)
+    order: int = 0  # where the resolving event stands in the run's history (the order things ended)
 
 
 class Fold:
@@ -154,39 +192,51 @@ class Fold:
 
     A resolving event may come before its step's opening one (a worker of
     an older release numbered events by step during a rolling deploy): it
-    is kept until the opener arrives. Event types this code does not know
-    (written by a newer release) are skipped."""
+    is kept until the opener arrives. The first resolving event of a step
+    wins (a signal and its timeout's timer race). Event types this code
+    does not know (written by a newer release) are skipped."""
 
     def __init__(self) -> None:
         self.steps: dict[int, Step] = {}
         self.patches: set[str] = set()
+        self.awaited: dict[int, SignalAwaited] = {}  # the signal waits with a timeout, by step
         self.events = 0
         self.last_step = 0
-        self._early: dict[int, msgspec.Struct] = {}
+        self._early: dict[int, tuple[msgspec.Struct, int]] = {}
 
     def add(self, rows: Iterable[tuple[int, str, str | bytes]]) -> Fold:
         """Fold ``(step, event_type, event_data)`` rows, in the order written."""
         steps, early = self.steps, self._early
         for seq, kind, data in rows:
             self.events += 1
+            order = self.events
             decoder = _decoders.get(kind)
             if decoder is None:
                 continue
             event = decoder.decode(data)
+            opened = steps.get(seq)
+            if isinstance(event, SignalReceived) and opened is not None and opened.kind == "signal":
+                if not opened.done:  # a signal wait with a timeout, resolved by the signal
+                    opened.done, opened.value, opened.order = True, event, order
+                continue
+            if isinstance(event, SignalAwaited):
+                self.awaited[seq] = event
             opener = _OPENERS.get(type(event))
             if opener is not None:
                 step = steps[seq] = opener(event)
+                if step.done:
+                    step.order = order
                 if seq > self.last_step:
                     self.last_step = seq
                 resolved = early.pop(seq, None)
                 if resolved is not None:
-                    step.done, step.value = True, resolved
+                    step.done, (step.value, step.order) = True, resolved
             elif isinstance(event, _RESOLVERS):
                 if seq in steps:
-                    steps[seq].done = True
-                    steps[seq].value = event
+                    if not steps[seq].done:
+                        steps[seq].done, steps[seq].value, steps[seq].order = True, event, order
                 else:
-                    early[seq] = event
+                    early.setdefault(seq, (event, order))
             elif isinstance(event, Patched):
                 self.patches.add(event.patch_id)
         return self
@@ -195,12 +245,14 @@ class Fold:
 _OPENERS = {
     ActivityScheduled: lambda e: Step("activity", e.name),
     SignalReceived: lambda e: Step("signal", e.signal_name, True, e),
+    SignalAwaited: lambda e: Step("signal", e.signal_name),
+    ChildScheduled: lambda e: Step("child", e.name, False, e),
     TimerStarted: lambda e: Step("timer", ""),
     RandomGenerated: lambda e: Step("random", "", True, e),
     TimeRecorded: lambda e: Step("time", "", True, e),
     UuidGenerated: lambda e: Step("uuid", "", True, e),
 }
-_RESOLVERS = (ActivityCompleted, ActivityFailed, TimerFired)
+_RESOLVERS = (ActivityCompleted, ActivityFailed, TimerFired, ChildCompleted, ChildFailed)
 
 
 def fold_steps(rows: Iterable[tuple[int, str, str | bytes]]) -> Fold:

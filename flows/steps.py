@@ -27,11 +27,14 @@ import uuid6
 
 from flows import codec, context, history, sharding, store
 from flows.context import (
+    AwaitSignal,
+    CancelTimer,
     ConsumeSignal,
     Outcome,
     PendingSignal,
     RecordEvent,
     ScheduleActivity,
+    StartChild,
     StartTimer,
     replay,
 )
@@ -132,7 +135,7 @@ class News:
 
     shard: str
     activities: bool = False
-    replay_now: bool = False  # a workflow task is due now (a run continued as new)
+    replay_now: bool = False  # a workflow, child or parent task is due now (a run continued as new, a child)
     retries_in: list[float] = field(default_factory=list)
     timers_in: list[float] = field(default_factory=list)
 
@@ -198,11 +201,13 @@ class StepWriter:
         budget: ReplayBudget,
         cache: ReplayCache | None = None,
         park_min_events: int = PARK_MIN_EVENTS,
+        shards: int = sharding.DEFAULT_SHARDS,
     ) -> None:
         self.workflows = workflows
         self.activities = activities
         self.alone = alone
         self.budget = budget
+        self.shards = shards  # to place children on their shards
         self.cache = ReplayCache(0, 0) if cache is None else cache
         self.park_min_events = park_min_events
 
@@ -218,13 +223,16 @@ class StepWriter:
     def advance(
         self, tx: store.StepTransaction, state: store.ReplayState, lease_to: str | None,
         ended: store.ActivityEnd | None = None, recorded: tuple[int, msgspec.Struct] | None = None,
+        slots: int = 1,
     ) -> tuple[list[store.ActivityTask], News | None]:
         """Replay a locked workflow (from what this worker remembers of it
         when still current), write what the new step recorded and commit,
-        then remember the workflow again. An activity the step schedules is
-        leased to ``lease_to`` (and returned) when set. ``ended`` is the
-        activity attempt this transaction records and ``recorded`` its event."""
-        prepared = self.prepare(tx, state, lease_to, ended, recorded)
+        then remember the workflow again. Of the activities the step
+        schedules, up to ``slots`` (the slots the caller reserved) are leased
+        to ``lease_to`` (and returned) when set, the others left queued for
+        any worker. ``ended`` is the activity attempt this transaction
+        records and ``recorded`` its event."""
+        prepared = self.prepare(tx, state, lease_to, ended, recorded, slots)
         try:
             stamp = store.record_step(tx, prepared.step)
         except BaseException:
@@ -235,6 +243,7 @@ class StepWriter:
     def prepare(
         self, tx: store.StepTransaction, state: store.ReplayState, lease_to: str | None,
         ended: store.ActivityEnd | None = None, recorded: tuple[int, msgspec.Struct] | None = None,
+        slots: int = 1,
     ) -> Prepared:
         """Run a locked workflow's code to its next wait and build the step
         that records it, without writing it (``advance``, or several in one
@@ -251,7 +260,8 @@ class StepWriter:
             state = store.load_state(tx, wf.name, wf.id, state.now)
         parked = None if memory is None else memory.parked
         try:
-            step = store.Step(wf.name, wf.id, wf.tenant_id, wf.version, "running", wf.sequence_num, activity=ended)
+            step = store.Step(wf.name, wf.id, wf.tenant_id, wf.version, "running", wf.sequence_num, activity=ended,
+                              channel=sharding.channel(wf.name))
             if recorded is not None:
                 step.events.append(store.event(*recorded))
             # The events this worker has not seen yet: the state's (a tail, or
@@ -261,7 +271,7 @@ class StepWriter:
             outcome, parked, history_now = self._run(state, memory, parked, remembered + new)
             step.status, step.seq = outcome.status, outcome.last_seq
             first_own = len(step.events)
-            leased, news = self._apply(step, outcome, lease_to, state)
+            leased, news = self._apply(step, outcome, lease_to if slots > 0 else None, state, slots)
         except BaseException:
             if parked is not None:
                 parked.abandon()  # its code ran on past what the database holds
@@ -349,17 +359,18 @@ class StepWriter:
                         wf.name, wf.id, after, HISTORY_LIMIT)
 
     def _apply(
-        self, step: store.Step, outcome: Outcome, lease_to: str | None, state: store.ReplayState
+        self, step: store.Step, outcome: Outcome, lease_to: str | None, state: store.ReplayState, slots: int = 1,
     ) -> tuple[list[store.ActivityTask], News | None]:
         """Turn a replay's commands into the step's writes; return the
-        activities leased to ``lease_to`` and the news for our wake-ups."""
+        activities leased to ``lease_to`` (``slots`` at most) and the news
+        for our wake-ups."""
         shard, wid, tenant, db_now = step.shard, step.workflow_id, step.tenant_id, state.now
         news = News(shard)
         leased: list[store.ActivityTask] = []
         for cmd in outcome.commands:
             if isinstance(cmd, ScheduleActivity):
                 act = cmd.activity
-                owner = lease_to if act.name in self.activities else None
+                owner = lease_to if act.name in self.activities and len(leased) < slots else None
                 task_id = uuid6.uuid7()
                 step.activities.append(store.NewActivity(
                     cmd.activity_id, task_id, act.name, cmd.seq, msgspec.Raw(cmd.input), act.retry.max_attempts,
@@ -381,6 +392,21 @@ class StepWriter:
                 step.timers.append(store.NewTimer(cmd.timer_id, uuid6.uuid7(), cmd.seq, cmd.fire_at))
                 step.events.append(store.event(cmd.seq, history.TimerStarted(cmd.timer_id, cmd.fire_at, cmd.seconds)))
                 news.timers_in.append((cmd.fire_at - db_now).total_seconds())
+            elif isinstance(cmd, AwaitSignal):
+                step.timers.append(store.NewTimer(cmd.timer_id, uuid6.uuid7(), cmd.seq, cmd.fire_at))
+                step.events.append(store.event(
+                    cmd.seq, history.SignalAwaited(cmd.name, cmd.timer_id, cmd.fire_at, cmd.seconds)))
+                news.timers_in.append((cmd.fire_at - db_now).total_seconds())
+            elif isinstance(cmd, CancelTimer):
+                step.cancel_timers.append(cmd.timer_id)
+            elif isinstance(cmd, StartChild):
+                child = cmd.workflow
+                step.children.append(store.NewChild(
+                    cmd.workflow_id, sharding.sharded_name(child.name, cmd.workflow_id, self.shards), child.version,
+                    cmd.seq, msgspec.Raw(cmd.input), cmd.parent_close))
+                step.events.append(store.event(cmd.seq, history.ChildScheduled(
+                    child.name, cmd.workflow_id, msgspec.Raw(cmd.input), child.version, cmd.parent_close)))
+                news.replay_now = True
             elif isinstance(cmd, RecordEvent):
                 step.events.append(store.event(cmd.seq, cmd.event))
         if outcome.status == "running":
@@ -418,6 +444,28 @@ class StepWriter:
             step.output = msgspec.Raw(output or b"null")
             step.end_event = store.event(0, history.WorkflowCompleted(step.output))
         step.done_channel = sharding.channel(step.shard, "flows-done")
+
+    def time_out(self, tx: store.StepTransaction, state: store.ReplayState) -> None:
+        """A workflow's execution timeout ran out (its claimed `timeout`
+        task): it fails with "timed out", its pending work dropped."""
+        prepared = self.prepare_time_out(state)
+        self.finish(prepared, store.record_step(tx, prepared.step))
+
+    def prepare_time_out(self, state: store.ReplayState) -> Prepared:
+        """``time_out``'s step, not written yet (for a batch of claims)."""
+        wf = state.workflow
+        assert state.task is not None
+        seconds = state.task[4]
+        key = (wf.name, wf.id)
+        memory = self.cache.take(key)
+        if memory is not None:
+            memory.forget()
+        step = store.Step(wf.name, wf.id, wf.tenant_id, wf.version, "failed", wf.sequence_num,
+                          channel=sharding.channel(wf.name))
+        error = f"timed out: still running after its execution timeout of {seconds or 0:g}s"
+        self._end(step, "failed", None, error)
+        outcome = Outcome([], "failed", wf.sequence_num, error=error)
+        return Prepared(key, state, step, outcome, None, None, [], [], 0, [], None)
 
     # -- activity attempts ------------------------------------------------------
 
@@ -553,7 +601,7 @@ class StepWriter:
             if found is None or found[1] != "running":
                 return False
             tenant, _, version, seq = found
-            step = store.Step(shard, workflow_id, tenant, version, "failed", seq)
+            step = store.Step(shard, workflow_id, tenant, version, "failed", seq, channel=sharding.channel(shard))
             self._end(step, "failed", None, error)
             store.record_step(tx, step)
         return True

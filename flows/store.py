@@ -13,7 +13,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -25,7 +25,7 @@ from psycopg.adapt import PyFormat, Transformer
 from psycopg.rows import tuple_row
 import psycopg_pool
 import uuid6
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from flows import codec, history, sharding
 from flows.codec import Json
@@ -34,6 +34,8 @@ from flows.errors import DatabaseError, DatabaseUnavailable
 log = logging.getLogger("flows.store")
 
 Conn = psycopg.Connection[Any]
+AsyncConn = psycopg.AsyncConnection[Any]
+R = TypeVar("R")
 
 # Connection-class errors (SQLSTATE 08), shutdowns and the like: worth a retry
 # once the database is back, never a reason to fail a workflow.
@@ -207,6 +209,64 @@ def within_callers_transaction(conn: Conn) -> Iterator[None]:
         yield
 
 
+# -- statements run by the sync Engine and the AsyncEngine alike ----------------
+
+
+@dataclass(frozen=True)
+class Statement(Generic[R]):
+    """One statement's text and parameters and how to read its rows, built
+    once by a named function below and run on a psycopg connection
+    (``run``) or an async one (``arun``): the client API's SQL exists once
+    for both engines."""
+
+    query: str
+    params: tuple[Any, ...]
+    read: Callable[[list[tuple[Any, ...]]], R]
+
+
+def run(conn: Conn, statement: Statement[R]) -> R:
+    cur = conn.execute(statement.query, statement.params)
+    return statement.read(cur.fetchall() if cur.description else [])
+
+
+async def arun(conn: AsyncConn, statement: Statement[R]) -> R:
+    cur = await conn.execute(statement.query, statement.params)
+    return statement.read(await cur.fetchall() if cur.description else [])
+
+
+def _first(rows: list[tuple[Any, ...]]) -> Any:
+    return rows[0][0] if rows else None
+
+
+def _nothing(rows: list[tuple[Any, ...]]) -> None:
+    return None
+
+
+def open_async_pool(dsn: str, *, max_size: int = 10, name: str = "flows-async") -> AsyncConnectionPool:
+    """An async pool of autocommit connections, not opened yet: ``await
+    pool.open()`` inside the running event loop."""
+    return AsyncConnectionPool(
+        dsn, min_size=1, max_size=max_size, name=name, open=False, timeout=30.0, kwargs={"autocommit": True},
+        check=AsyncConnectionPool.check_connection,
+    )
+
+
+async def connect_async(dsn: str) -> AsyncConn:
+    """An async autocommit connection (for LISTEN)."""
+    return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+
+
+async def listen_async(conn: AsyncConn, channels: Iterable[str]) -> None:
+    for name in channels:
+        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
+
+
+async def wait_notify_async(conn: AsyncConn, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for one notification on ``conn``."""
+    async for _ in conn.notifies(timeout=timeout, stop_after=1):
+        pass
+
+
 # What a wake-up announces (the NOTIFY payload), so a worker claims only that
 # kind of task: a replay (workflow and timer tasks) or an activity; ANY_WORK
 # (the empty payload) claims both.
@@ -286,33 +346,64 @@ class ActivityTask:
 # -- starting, signalling, reading (the client side) ------------------------
 
 
-def insert_workflow(
-    conn: Conn, *, shard: str, workflow_id: UUID, tenant_id: UUID, version: int, input: bytes, event_id: UUID,
-    task_id: UUID,
-) -> bool:
-    """Create a running workflow, its start event and its first task; False
-    (and nothing written) if the id exists already."""
-    cur = conn.execute(
-        "INSERT INTO workflows (name, id, tenant_id, version, status, input)"
-        " VALUES (%s, %s, %s, %s, 'running', %s) ON CONFLICT (name, id) DO NOTHING RETURNING id",
-        (shard, workflow_id, tenant_id, version, Json(input)),
+def start_workflow(
+    *, shard: str, workflow_id: UUID, tenant_id: UUID, version: int, input: bytes, timeout: float | None = None,
+    parent: tuple[str, UUID, int] | None = None,
+) -> Statement[str]:
+    """Create a running workflow, its start event and first task (and its
+    execution timeout's task), and wake its shard: 'created', 'exists' (this
+    tenant's, and this ``parent``'s (shard, id, step) when given), or
+    'taken' (another's; nothing written). One statement
+    (``flows_start_workflow``, migration 040)."""
+    parent_name, parent_id, parent_step = parent if parent is not None else (None, None, None)
+    return Statement(
+        "SELECT flows_start_workflow(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (shard, workflow_id, tenant_id, version, Json(input), uuid6.uuid7(), uuid6.uuid7(), sharding.channel(shard),
+         timeout, uuid6.uuid7(), parent_name, parent_id, parent_step),
+        _first,
     )
-    if cur.fetchone() is None:
-        return False
-    insert_event(conn, shard, workflow_id, tenant_id, 0, history.WorkflowStarted(version), event_id, first=True)
-    enqueue_workflow_task(conn, shard, workflow_id, tenant_id, task_id, version)
-    return True
+
+
+def signal_with_start(
+    *, shard: str, workflow_id: UUID, tenant_id: UUID, version: int, input: bytes, timeout: float | None,
+    signal_id: UUID, name: str, payload: bytes,
+) -> Statement[tuple[str, str | None]]:
+    """Start the workflow unless its id exists, then deliver the signal, in
+    one transaction: (start answer as ``start_workflow``'s, the workflow's
+    status when signalled; None when 'taken'). One statement
+    (``flows_signal_with_start``, migration 040)."""
+    return Statement(
+        "SELECT flows_signal_with_start(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (shard, workflow_id, tenant_id, version, Json(input), uuid6.uuid7(), uuid6.uuid7(), sharding.channel(shard),
+         timeout, uuid6.uuid7(), signal_id, name, Json(payload), uuid6.uuid7()),
+        _read_signal_with_start,
+    )
+
+
+class _SignalWithStart(msgspec.Struct, frozen=True):
+    start: str
+    status: str | None = None
+
+
+_signal_with_start = msgspec.json.Decoder(_SignalWithStart)
+
+
+def _read_signal_with_start(rows: list[tuple[Any, ...]]) -> tuple[str, str | None]:
+    got = _signal_with_start.decode(rows[0][0])
+    return got.start, got.status
 
 
 def get_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID | None) -> WorkflowRow | None:
     """The workflow row, or None if absent or another tenant's (None = any tenant)."""
-    cur = conn.cursor(row_factory=tuple_row)
-    return _workflow(
-        cur.execute(
-            f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE name = %s AND id = %s"
-            " AND (%s::uuid IS NULL OR tenant_id = %s::uuid)",
-            (shard, workflow_id, tenant_id, tenant_id),
-        ).fetchone()
+    return run(conn, workflow_statement(shard, workflow_id, tenant_id))
+
+
+def workflow_statement(shard: str, workflow_id: UUID, tenant_id: UUID | None) -> Statement[WorkflowRow | None]:
+    return Statement(
+        f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE name = %s AND id = %s"
+        " AND (%s::uuid IS NULL OR tenant_id = %s::uuid)",
+        (shard, workflow_id, tenant_id, tenant_id),
+        lambda rows: _workflow(rows[0] if rows else None),
     )
 
 
@@ -331,35 +422,32 @@ class ActivityRow(msgspec.Struct, frozen=True):
 
 def waited_activity(conn: Conn, shard: str, workflow_id: UUID) -> ActivityRow | None:
     """The workflow's latest activity that has not ended (scheduled or running)."""
-    row = conn.execute(
+    pending = run(conn, pending_activities(shard, workflow_id))
+    return pending[-1] if pending else None
+
+
+def pending_activities(shard: str, workflow_id: UUID) -> Statement[list[ActivityRow]]:
+    """The workflow's activities that have not ended (scheduled or running), by step."""
+    return Statement(
         "SELECT id, name, status, attempt, max_attempts, started_at, error, next_retry_at, heartbeat_at,"
         " heartbeat_details::text FROM activities WHERE workflow_name = %s AND workflow_id = %s"
-        " AND status IN ('scheduled', 'running') ORDER BY sequence_num DESC LIMIT 1",
+        " AND status IN ('scheduled', 'running') ORDER BY sequence_num",
         (shard, workflow_id),
-    ).fetchone()
-    return None if row is None else ActivityRow(*row)
-
-
-def workflow_tenant_and_status(
-    conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID | None, *, lock: str = "SHARE"
-) -> tuple[UUID, str, str | None] | None:
-    """Lock the workflow row (``SHARE`` waits for a replay in progress) and
-    return (tenant_id, status, waiting_for)."""
-    assert lock in ("SHARE", "UPDATE")
-    row = conn.execute(
-        "SELECT tenant_id, status, waiting_for FROM workflows WHERE name = %s AND id = %s"
-        f" AND (%s::uuid IS NULL OR tenant_id = %s::uuid) FOR {lock}",
-        (shard, workflow_id, tenant_id, tenant_id),
-    ).fetchone()
-    return None if row is None else (row[0], row[1], row[2])
+        lambda rows: [ActivityRow(*row) for row in rows],
+    )
 
 
 def count_result_waiter(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID | None, delta: int) -> None:
     """Register (+1) or withdraw (-1) a caller waiting for the workflow's end."""
-    conn.execute(
+    run(conn, result_waiter_statement(shard, workflow_id, tenant_id, delta))
+
+
+def result_waiter_statement(shard: str, workflow_id: UUID, tenant_id: UUID | None, delta: int) -> Statement[None]:
+    return Statement(
         "UPDATE workflows SET result_waiters = GREATEST(0, result_waiters + %s) WHERE name = %s AND id = %s"
         " AND (%s::uuid IS NULL OR tenant_id = %s::uuid)",
         (delta, shard, workflow_id, tenant_id, tenant_id),
+        _nothing,
     )
 
 
@@ -371,11 +459,19 @@ def send_signal(
     for exactly this signal, queue its replay and wake its shard; one
     statement (``flows_send_signal``, migration 006). Returns the workflow's
     status, None when this tenant (None = any) has no such workflow."""
-    row = conn.execute(
+    return run(conn, send_signal_statement(shard=shard, workflow_id=workflow_id, tenant_id=tenant_id,
+                                           signal_id=signal_id, name=name, payload=payload, task_id=task_id))
+
+
+def send_signal_statement(
+    *, shard: str, workflow_id: UUID, tenant_id: UUID | None, signal_id: UUID, name: str, payload: bytes,
+    task_id: UUID,
+) -> Statement[str | None]:
+    return Statement(
         "SELECT flows_send_signal(%s, %s, %s, %s, %s, %s, %s, %s)",
         (shard, workflow_id, tenant_id, signal_id, name, Json(payload), task_id, sharding.channel(shard)),
-    ).fetchone()
-    return None if row is None else row[0]
+        _first,
+    )
 
 
 def enqueue_workflow_task(
@@ -391,24 +487,18 @@ def enqueue_workflow_task(
     notify(conn, [shard], work=REPLAY_WORK)
 
 
-def cancel_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, event_id: UUID) -> None:
-    """End a locked, running workflow as cancelled and drop its pending work."""
-    row = conn.execute(
-        "UPDATE workflows SET status = 'cancelled', error = 'cancelled', waiting_for = NULL,"
-        " sequence_num = sequence_num + 1, updated_at = now(), completed_at = now()"
-        " WHERE name = %s AND id = %s RETURNING result_waiters",
-        (shard, workflow_id),
-    ).fetchone()
-    assert row is not None
-    conn.execute("DELETE FROM task_queue WHERE workflow_name = %s AND workflow_id = %s", (shard, workflow_id))
-    conn.execute(
-        "UPDATE activities SET status = 'cancelled', updated_at = now()"
-        " WHERE workflow_name = %s AND workflow_id = %s AND status IN ('scheduled', 'running')",
-        (shard, workflow_id),
+def cancel_workflow(shard: str, workflow_id: UUID, tenant_id: UUID | None, reason: str = "cancelled") -> Statement[str | None]:
+    """End a running workflow as cancelled: its pending work dropped, its
+    end announced, its children with the 'cancel' policy cancelled in turn
+    (carried to their shards), a parent told. Returns the status it had
+    ('running' when this cancelled it), None when this tenant (None = any)
+    has no such workflow. One statement (``flows_cancel_workflow``)."""
+    return Statement(
+        "SELECT flows_cancel_workflow(%s, %s, %s, %s, %s, %s, %s)",
+        (shard, workflow_id, tenant_id, uuid6.uuid7(), reason, sharding.channel(shard),
+         sharding.channel(shard, "flows-done")),
+        _first,
     )
-    insert_event(conn, shard, workflow_id, tenant_id, 0, history.WorkflowCancelled(), event_id)
-    if row[0]:
-        notify(conn, [shard], kind="flows-done")
 
 
 # -- the worker side ----------------------------------------------------------
@@ -417,11 +507,11 @@ def cancel_workflow(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, 
 class ReplayState(msgspec.Struct, frozen=True):
     """A locked workflow and what its replay reads: ``task`` is the claimed
     (task id, task type, target id, seconds until the next task of the
-    claimer's versions in the shard is due, None if none), None when
-    recording an activity's end. ``events`` are (step, type, data) in the
-    order written."""
+    claimer's versions in the shard is due (None if none), the task's
+    lease_seconds (a timeout task's length)), None when recording an
+    activity's end. ``events`` are (step, type, data) in the order written."""
 
-    task: tuple[UUID, str, UUID | None, float | None] | None
+    task: tuple[UUID, str, UUID | None, float | None, float | None] | None
     now: datetime
     workflow: WorkflowRow
     events: list[tuple[int, str, msgspec.Raw]] | None
@@ -434,17 +524,64 @@ class ReplayState(msgspec.Struct, frozen=True):
         return self.workflow.updated_at, self.workflow.last_event
 
 
+class ChildInfo(msgspec.Struct, frozen=True):
+    """A `child` task's children row, and its parent's status."""
+
+    child_name: str
+    child_id: UUID
+    version: int
+    input: msgspec.Raw
+    parent_close: str
+    status: str
+    tenant_id: UUID
+    parent_id: UUID
+    step: int
+    parent_status: str | None = None
+
+
+class EndInfo(msgspec.Struct, frozen=True):
+    """A `parent` task's child: how it ended, and its parent."""
+
+    status: str
+    output: msgspec.Raw
+    error: str | None
+    parent_name: str
+    parent_id: UUID
+    child_id: UUID
+
+
+class Carry(msgspec.Struct, frozen=True):
+    """A leased `child` or `parent` task: what a step asked of another
+    shard. ``token`` fences it like an activity's delivery."""
+
+    id: UUID
+    type: str
+    token: int
+    info: ChildInfo | EndInfo | None = None
+    shard: str = ""
+
+
 class Claimed(msgspec.Struct, frozen=True):
     """What a replay claim found: the replay ``state`` (None: nothing
-    claimable) and seconds until the shard's next task is due (None: none;
-    <= 0: one is due now, perhaps held by another worker)."""
+    claimable, or a task to carry, ``carry``) and seconds until the shard's
+    next task is due (None: none; <= 0: one is due now, perhaps held by
+    another worker)."""
 
     state: ReplayState | None
     next_due: float | None
+    carry: Carry | None = None
+
+
+class _CarryAnswer(msgspec.Struct, frozen=True):
+    id: UUID
+    type: str
+    token: int
+    info: msgspec.Raw = msgspec.Raw(b"null")
 
 
 class _ClaimAnswer(msgspec.Struct, frozen=True):
-    task: tuple[UUID, str, UUID | None, float | None] | None = None
+    task: tuple[UUID, str, UUID | None, float | None, float | None] | None = None
+    carry: _CarryAnswer | None = None
     now: datetime | None = None
     workflow: WorkflowRow | None = None
     events: list[tuple[int, str, msgspec.Raw]] | None = None
@@ -454,6 +591,8 @@ class _ClaimAnswer(msgspec.Struct, frozen=True):
 
 
 _replay_state = msgspec.json.Decoder(ReplayState)
+_child_info = msgspec.json.Decoder(ChildInfo)
+_end_info = msgspec.json.Decoder(EndInfo)
 _claim_answer = msgspec.json.Decoder(_ClaimAnswer)
 
 
@@ -497,20 +636,33 @@ class StepTransaction:
             pass
 
 
-def claim_replay(tx: StepTransaction, shard: str, versions: list[int], whole_below: int = 1 << 30) -> Claimed:
-    """Claim one due workflow or timer task of ``shard`` for a worker running
-    these ``versions`` of its workflow (deleted, its timer fired) and lock its
-    workflow row, both skipping rows another transaction holds: two replays
-    of one workflow never overlap, and a claim never waits. The history comes
-    whole when its run has fewer than ``whole_below`` events, else only the
-    events since the latest step (``tail``). One statement
-    (``flows_claim_replay_v3``, migration 010)."""
+def _carry(c: _CarryAnswer, shard: str) -> Carry:
+    info: ChildInfo | EndInfo | None = None
+    if bytes(c.info) != b"null":
+        info = _child_info.decode(c.info) if c.type == "child" else _end_info.decode(c.info)
+    return Carry(c.id, c.type, c.token, info, shard)
+
+
+def claim_replay(
+    tx: StepTransaction, shard: str, versions: list[int], whole_below: int = 1 << 30, owner: str = ""
+) -> Claimed:
+    """Claim one due workflow, timer or timeout task of ``shard`` for a
+    worker running these ``versions`` of its workflow (deleted, its timer
+    fired) and lock its workflow row, both skipping rows another transaction
+    holds: two replays of one workflow never overlap, and a claim never
+    waits. The history comes whole when its run has fewer than
+    ``whole_below`` events, else only the events since the latest step
+    (``tail``). A due `child` or `parent` task is leased to ``owner``
+    instead and returned as ``carry``. One statement
+    (``flows_claim_replay_v4``, migration 040)."""
     row = tx.begin_with(
-        "SELECT flows_claim_replay_v3(%s, %s::integer[], %s, %s, %s)",
-        (shard, _int_array(tuple(versions)), uuid6.uuid7(), sharding.channel(shard), whole_below),
+        "SELECT flows_claim_replay_v4(%s, %s::integer[], %s, %s, %s, %s)",
+        (shard, _int_array(tuple(versions)), uuid6.uuid7(), sharding.channel(shard), whole_below, owner),
     )
     assert row is not None and row[0] is not None
     got = _claim_answer.decode(row[0])
+    if got.carry is not None:
+        return Claimed(None, got.next, _carry(got.carry, shard))
     if got.task is None or got.workflow is None or got.now is None:
         return Claimed(None, got.next)
     return Claimed(ReplayState(got.task, got.now, got.workflow, got.events, got.signals, got.tail), got.task[3])
@@ -519,25 +671,28 @@ def claim_replay(tx: StepTransaction, shard: str, versions: list[int], whole_bel
 class _Claims(msgspec.Struct, frozen=True):
     states: list[ReplayState]
     next: float | None = None
+    carry: _CarryAnswer | None = None
 
 
 _claims = msgspec.json.Decoder(_Claims)
 
 
 def claim_replays(
-    tx: StepTransaction, shard: str, versions: list[int], whole_below: int, limit: int
-) -> tuple[list[ReplayState], float | None]:
+    tx: StepTransaction, shard: str, versions: list[int], whole_below: int, limit: int, owner: str = ""
+) -> tuple[list[ReplayState], float | None, Carry | None]:
     """Up to ``limit`` claims of ``claim_replay`` in one statement
-    (``flows_claim_replays``, migration 011), for a worker that found a
-    backlog in ``shard``; also seconds until its next task is due."""
+    (``flows_claim_replays_v2``, migration 040), for a worker that found a
+    backlog in ``shard``; also seconds until its next task is due. A due
+    `child` or `parent` task ends the batch, leased to ``owner`` and
+    returned as the carry."""
     row = tx.begin_with(
-        "SELECT flows_claim_replays(%s, %s::integer[], %s::uuid[], %s, %s, %s)",
+        "SELECT flows_claim_replays_v2(%s, %s::integer[], %s::uuid[], %s, %s, %s, %s)",
         (shard, _int_array(tuple(versions)), [uuid6.uuid7() for _ in range(limit)], sharding.channel(shard),
-         whole_below, limit),
+         whole_below, limit, owner),
     )
     assert row is not None and row[0] is not None
     got = _claims.decode(row[0])
-    return got.states, got.next
+    return got.states, got.next, None if got.carry is None else _carry(got.carry, shard)
 
 
 def lock_workflow(tx: StepTransaction, shard: str, workflow_id: UUID) -> tuple[UUID, str, int, int] | None:
@@ -639,6 +794,15 @@ class NewEvent(msgspec.Struct):
     data: msgspec.Raw  # the event Struct's JSON, encoded once: sent as is, and kept in a worker's copy
 
 
+class NewChild(msgspec.Struct):
+    id: UUID
+    name: str  # the child's sharded name
+    version: int
+    seq: int
+    input: msgspec.Raw
+    parent_close: str
+
+
 class ConsumedSignal(msgspec.Struct):
     id: UUID
     seq: int
@@ -661,7 +825,8 @@ class Retry(msgspec.Struct, omit_defaults=True):
 
 class Step(msgspec.Struct, omit_defaults=True):
     """Everything one replay of a locked workflow writes (see
-    ``flows_record_step_v3`` in migration 010 for each field)."""
+    ``flows_record_step_v3`` in migration 010 and ``flows_record_step_v4``
+    in 040 for each field)."""
 
     shard: str
     workflow_id: UUID
@@ -675,6 +840,8 @@ class Step(msgspec.Struct, omit_defaults=True):
     activities: list[NewActivity] = []
     signals: list[ConsumedSignal] = []
     timers: list[NewTimer] = []
+    cancel_timers: list[UUID] = []
+    children: list[NewChild] = []
     events: list[NewEvent] = []
     output: msgspec.Raw | None = None
     next_input: msgspec.Raw | None = None  # continued: the next run's input
@@ -686,6 +853,7 @@ class Step(msgspec.Struct, omit_defaults=True):
     wake_channel: str | None = None
     wake_work: str = ANY_WORK  # the NOTIFY payload: which kind of task is new
     done_channel: str | None = None
+    channel: str | None = None  # the shard's wake-up channel, for what an end sets going
 
 
 _step_encoder = msgspec.json.Encoder()
@@ -710,13 +878,13 @@ _stamp = msgspec.json.Decoder(Stamp)
 
 
 def record_step(tx: StepTransaction, step: Step) -> tuple[datetime, int]:
-    """Write a replay's decisions in one statement (``flows_record_step_v3``)
+    """Write a replay's decisions in one statement (``flows_record_step_v4``)
     and commit: the attempt that ended (or is retried), new activities (those
     leased to a worker are not due until their lease runs out), consumed
-    signals, new timers, history, and the workflow row; NOTIFY the shard
-    when new work is due now. Returns the stamp the step left on the row
-    (updated_at, last_event)."""
-    row = tx.commit_with("SELECT flows_record_step_v3(%s)", (Json(_step_encoder.encode(step)),))
+    signals, new and cancelled timers, new children, history, and the
+    workflow row; NOTIFY the shard when new work is due now. Returns the
+    stamp the step left on the row (updated_at, last_event)."""
+    row = tx.commit_with("SELECT flows_record_step_v4(%s)", (Json(_step_encoder.encode(step)),))
     assert row is not None
     stamp = _stamp.decode(row[0])
     return stamp.updated_at, stamp.last_event
@@ -726,7 +894,7 @@ def record_steps(tx: StepTransaction, steps: list[Step]) -> list[tuple[datetime,
     """Write several steps (of workflows this transaction locked) and
     commit, in one round trip; returns each step's stamp."""
     cur = psycopg.ClientCursor(tx.conn)
-    cur.execute("; ".join(["SELECT flows_record_step_v3(%s)"] * len(steps)) + "; COMMIT",
+    cur.execute("; ".join(["SELECT flows_record_step_v4(%s)"] * len(steps)) + "; COMMIT",
                 tuple(Json(_step_encoder.encode(step)) for step in steps))
     stamps = []
     for _ in steps:
@@ -738,18 +906,50 @@ def record_steps(tx: StepTransaction, steps: list[Step]) -> list[tuple[datetime,
     return stamps
 
 
-def insert_event(
-    conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID, step: int, event: msgspec.Struct, event_id: UUID,
-    *, first: bool = False,
+# -- carrying a step's intents to other shards (flows/children.py) ----------------
+
+
+def cancel_child(
+    conn: Conn, *, shard: str, child_id: UUID, tenant_id: UUID, version: int, parent: tuple[str, UUID, int],
+    reason: str,
+) -> str | None:
+    """Cancel a child whose parent ended, in the child's shard; a child not
+    started yet is written as cancelled, so a late start does nothing.
+    Returns its status before ('absent': not started). One statement."""
+    row = conn.execute(
+        "SELECT flows_cancel_child(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (shard, child_id, tenant_id, version, *parent, uuid6.uuid7(), reason, sharding.channel(shard),
+         sharding.channel(shard, "flows-done")),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def child_carried(conn: Conn, carry: Carry, status: str | None) -> bool:
+    """Drop a carried `child` task (in the parent's shard) if this delivery
+    still holds it, noting the child's ``status`` ('running', 'cancelled';
+    None: unchanged). False when it moved on: it will be carried again."""
+    row = conn.execute("SELECT flows_child_carried(%s, %s, %s, %s)",
+                       (carry.shard, carry.id, carry.token, status)).fetchone()
+    return bool(row and row[0])
+
+
+def child_ended(
+    conn: Conn, *, parent_shard: str, parent_id: UUID, child_id: UUID, status: str, output: msgspec.Raw | None,
+    error: str | None,
 ) -> None:
-    """Append an event to a workflow's history (``first``: it has none yet)."""
+    """Record a child's end at its parent's step (in the parent's shard) and
+    ask for the parent's replay, while the parent runs; idempotent."""
     conn.execute(
-        "INSERT INTO history_events"
-        " (workflow_name, id, workflow_id, tenant_id, sequence_num, step, event_type, event_data)"
-        " VALUES (%s, %s, %s, %s, " + ("1" if first else "flows_next_event(%s, %s)") + ", %s, %s, %s)",
-        (shard, event_id, workflow_id, tenant_id, *(() if first else (shard, workflow_id)), step,
-         history.event_type(event), Json(_encode_event(event))),
+        "SELECT flows_child_ended(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (parent_shard, parent_id, child_id, status, None if output is None else Json(bytes(output)), error,
+         uuid6.uuid7(), uuid6.uuid7(), sharding.channel(parent_shard)),
     )
+
+
+def parent_told(conn: Conn, carry: Carry) -> bool:
+    """Drop a carried `parent` task (in the child's shard) if this delivery still holds it."""
+    row = conn.execute("SELECT flows_parent_told(%s, %s, %s)", (carry.shard, carry.id, carry.token)).fetchone()
+    return bool(row and row[0])
 
 
 class _Leased(msgspec.Struct, frozen=True, array_like=True):
@@ -971,6 +1171,132 @@ def release_stale_workers(conn: Conn, stale_seconds: float, alive: list[str]) ->
         for owner, shards in rows:
             out.append((owner, release_leases(conn, list(shards), owner)))
     return out
+
+
+# -- schedules (flows/schedules.py) -------------------------------------------
+#
+# schedules is fleet metadata keyed by the schedule's id, not by a shard key
+# (see migrations/040_primitives.sql): under Citus it stays on the
+# coordinator. A scheduled run is started by start_workflow, a transaction
+# of its own on the run's shard.
+
+SCHEDULES_CHANNEL = "flows-schedules"  # NOTIFYed when a schedule changes: the firing workers look again
+
+_SCHEDULE_COLUMNS = (
+    "schedule_id, tenant_id, workflow_name, workflow_version, input::text, cron, timezone, overlap, catch_up,"
+    " paused, next_fire_at, buffered_tick, last_tick, last_workflow_id, starts, skips, created_at, updated_at"
+)
+
+
+class ScheduleRow(msgspec.Struct, frozen=True):
+    schedule_id: str
+    tenant_id: UUID
+    workflow_name: str
+    workflow_version: int
+    input: str | None
+    cron: str
+    timezone: str
+    overlap: str
+    catch_up: str
+    paused: bool
+    next_fire_at: datetime
+    buffered_tick: datetime | None
+    last_tick: datetime | None
+    last_workflow_id: UUID | None
+    starts: int
+    skips: int
+    created_at: datetime
+    updated_at: datetime
+
+
+def db_now(conn: Conn) -> datetime:
+    row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+def save_schedule(
+    conn: Conn, *, schedule_id: str, tenant_id: UUID, workflow_name: str, version: int, input: bytes, cron: str,
+    timezone: str, overlap: str, catch_up: str, next_fire_at: datetime,
+) -> ScheduleRow:
+    """Create or replace a schedule (its counters and last run kept), and
+    tell the firing workers."""
+    row = conn.execute(
+        "INSERT INTO schedules (schedule_id, tenant_id, workflow_name, workflow_version, input, cron, timezone,"
+        " overlap, catch_up, next_fire_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (schedule_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id,"
+        " workflow_name = EXCLUDED.workflow_name, workflow_version = EXCLUDED.workflow_version,"
+        " input = EXCLUDED.input, cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, overlap = EXCLUDED.overlap,"
+        " catch_up = EXCLUDED.catch_up, next_fire_at = EXCLUDED.next_fire_at, buffered_tick = NULL,"
+        f" updated_at = now() RETURNING {_SCHEDULE_COLUMNS}",
+        (schedule_id, tenant_id, workflow_name, version, Json(input), cron, timezone, overlap, catch_up,
+         next_fire_at),
+    ).fetchone()
+    conn.execute("SELECT pg_notify(%s, '')", (SCHEDULES_CHANNEL,))
+    assert row is not None
+    return ScheduleRow(*row)
+
+
+def get_schedule(conn: Conn, schedule_id: str) -> ScheduleRow | None:
+    row = conn.execute(f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE schedule_id = %s", (schedule_id,)).fetchone()
+    return None if row is None else ScheduleRow(*row)
+
+
+def list_schedules(conn: Conn) -> list[ScheduleRow]:
+    return [ScheduleRow(*row) for row in conn.execute(f"SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY 1")]
+
+
+def pause_schedule(conn: Conn, schedule_id: str, paused: bool, next_fire_at: datetime | None) -> ScheduleRow | None:
+    """Pause, or resume from ``next_fire_at``; tell the firing workers."""
+    row = conn.execute(
+        "UPDATE schedules SET paused = %s, next_fire_at = coalesce(%s, next_fire_at), buffered_tick = NULL,"
+        f" updated_at = now() WHERE schedule_id = %s RETURNING {_SCHEDULE_COLUMNS}",
+        (paused, next_fire_at, schedule_id),
+    ).fetchone()
+    conn.execute("SELECT pg_notify(%s, '')", (SCHEDULES_CHANNEL,))
+    return None if row is None else ScheduleRow(*row)
+
+
+def delete_schedule(conn: Conn, schedule_id: str) -> bool:
+    return conn.execute("DELETE FROM schedules WHERE schedule_id = %s", (schedule_id,)).rowcount > 0
+
+
+def lock_due_schedules(conn: Conn, limit: int) -> tuple[list[ScheduleRow], datetime]:
+    """In the caller's transaction: lock up to ``limit`` schedules due now (a
+    tick due, or a buffered tick to look at), skipping those another
+    firer holds; and the database's time."""
+    rows = conn.execute(
+        f"SELECT {_SCHEDULE_COLUMNS}, now() FROM schedules WHERE NOT paused"
+        " AND (next_fire_at <= now() OR buffered_tick IS NOT NULL)"
+        " ORDER BY next_fire_at LIMIT %s FOR UPDATE SKIP LOCKED",
+        (limit,),
+    ).fetchall()
+    now = rows[0][-1] if rows else db_now(conn)
+    return [ScheduleRow(*row[:-1]) for row in rows], now
+
+
+def schedule_fired(
+    conn: Conn, schedule_id: str, *, next_fire_at: datetime, buffered_tick: datetime | None,
+    last_tick: datetime | None, last_workflow_id: UUID | None, starts: int, skips: int,
+) -> None:
+    """Record a firing pass over a locked schedule."""
+    conn.execute(
+        "UPDATE schedules SET next_fire_at = %s, buffered_tick = %s, last_tick = coalesce(%s, last_tick),"
+        " last_workflow_id = coalesce(%s, last_workflow_id), starts = starts + %s, skips = skips + %s,"
+        " updated_at = now() WHERE schedule_id = %s",
+        (next_fire_at, buffered_tick, last_tick, last_workflow_id, starts, skips, schedule_id),
+    )
+
+
+def schedules_due_in(conn: Conn) -> tuple[float | None, bool]:
+    """Seconds until the earliest tick of a schedule not paused (None: no
+    schedule), and whether one holds a buffered tick (looked at often)."""
+    row = conn.execute(
+        "SELECT extract(epoch FROM min(next_fire_at) - now()), coalesce(bool_or(buffered_tick IS NOT NULL), false)"
+        " FROM schedules WHERE NOT paused"
+    ).fetchone()
+    assert row is not None
+    return (None if row[0] is None else float(row[0])), bool(row[1])
 
 
 # -- the console and the operator's CLI: listing, inspecting, retrying, pruning --

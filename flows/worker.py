@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
-from flows import codec, sharding, store
+from flows import children, codec, sharding, store
 from flows.activity_runner import ActivityRunner
 from flows import continuation
 from flows.continuation import ReplayCache
@@ -29,6 +29,7 @@ from flows.definitions import ActivityDefinition, WorkflowDefinition, registered
 from flows.engine import Engine
 from flows.errors import ConfigurationError, ReplayOverBudget
 from flows.heartbeat import HEARTBEAT_SECONDS, HOST, STALE_SECONDS, Heartbeat
+from flows.schedules import Scheduler
 from flows.steps import News, Prepared, ReplayBudget, StepWriter, refused_by_database
 from flows.wakeups import ACTIVITY, BUSY_RECHECK_SECONDS, NEVER, REPLAY, Ticket, Wake, Wakeups
 
@@ -71,7 +72,9 @@ class Worker:
     claims only tasks of the (name, version) pairs and the activities it
     has; others stay queued for a worker that has them. ``shards=None``
     serves every shard; otherwise the shard indices listed. ``concurrency``
-    bounds the activity attempts running at once."""
+    bounds the activity attempts running at once. With ``schedules`` the
+    worker also fires the schedules that fall due (any worker may: each
+    tick starts one run however many fire it)."""
 
     def __init__(
         self,
@@ -86,6 +89,7 @@ class Worker:
         watch_fd: int | None = None,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         stale_seconds: float = STALE_SECONDS,
+        schedules: bool = True,
     ) -> None:
         self.engine = engine
         wfs = list(registered_workflows() if workflows is None else workflows)
@@ -125,11 +129,12 @@ class Worker:
         )
         self.replay_cache = ReplayCache()
         self.steps = StepWriter(self.workflows, self.activities, self._alone, self.budget, self.replay_cache,
-                                continuation.PARK_MIN_EVENTS)
+                                continuation.PARK_MIN_EVENTS, engine.shards)
         self.runner = ActivityRunner(
             self.activities, owner=self.owner, concurrency=concurrency, steps=self.steps, wakeups=self.wakeups,
             lease_to=lambda: None if self._stopping.is_set() else self.owner, on_news=self._announce,
         )
+        self.scheduler = Scheduler(engine.shards, self.owner) if schedules else None
         self._safety_poll = SAFETY_POLL_SECONDS if heartbeat_seconds <= 0 else NEVER
         self._survey_at = 0.0  # when to ask every shard again (heartbeats off)
         self._replayers = 0
@@ -206,6 +211,8 @@ class Worker:
         self._replay_executor = ThreadPoolExecutor(REPLAY_THREADS, thread_name_prefix="flows-replay")
         self.runner.start(self._pool)
         self.heartbeat.start(self._pool)
+        if self.scheduler is not None:
+            self.scheduler.start(self._pool)
         log.info("worker-start owner=%s shards=%s versions=%s activities=%s concurrency=%s", self.owner,
                  ",".join(self.shards), ",".join(f"{n}@{v}" for n, v in sorted(self.workflows)),
                  ",".join(self.serves.activities), self.concurrency)
@@ -216,6 +223,8 @@ class Worker:
                     if self._listener is None:
                         self._connect_listener()
                         self._survey()  # at once: notifications sent meanwhile are lost
+                        if self.scheduler is not None:
+                            self.scheduler.poke()
                     timeout = self._drain()
                     backoff = 0.0
                 except store.TRANSIENT_ERRORS as exc:
@@ -231,7 +240,7 @@ class Worker:
     def _connect_listener(self) -> None:
         conn = store.connect(self.engine.dsn, autocommit=True)
         try:
-            store.listen(conn, self._channels)
+            store.listen(conn, [*self._channels, *([store.SCHEDULES_CHANNEL] if self.scheduler else [])])
         except BaseException:
             conn.close()
             raise
@@ -268,6 +277,8 @@ class Worker:
                 for note in self._listener.notifies(timeout=0):
                     shard = self._channels.get(note.channel)
                     if shard is None:
+                        if note.channel == store.SCHEDULES_CHANNEL and self.scheduler is not None:
+                            self.scheduler.poke()
                         continue
                     if note.payload != store.ACTIVITY_WORK:
                         self.wakeups.announce(REPLAY, [shard])
@@ -345,11 +356,13 @@ class Worker:
                 self.wakeups.wake(Wake.DRY)
 
     def _run_workflow_task(self, ticket: Ticket) -> bool:
-        """Claim one workflow or timer task of the ticket's shard and replay
-        its workflow, all in one transaction; or, while the shard has a
-        backlog, several (``_run_batch``). With a slot free, the activity the
-        replay schedules is leased to this worker and started here at once.
-        Returns whether a task was claimed."""
+        """Claim one workflow, timer or timeout task of the ticket's shard and
+        replay its workflow, all in one transaction; or, while the shard has a
+        backlog, several (``_run_batch``); or a task to carry to another
+        shard (``children.carry``). With a slot free, one activity the replay
+        schedules is leased to this worker and started here at once (the
+        others stay queued for any worker). Returns whether a task was
+        claimed."""
         with self._claiming(ticket.shard):
             if CLAIM_BATCH > 1 and ticket.shard in self._backlog:
                 return self._run_batch(ticket)
@@ -390,19 +403,26 @@ class Worker:
                 try:
                     with store.StepTransaction(conn) as tx:
                         claimed = store.claim_replay(tx, ticket.shard, self._versions[ticket.shard],
-                                                     self.steps.whole_below)
+                                                     self.steps.whole_below, self.owner)
                         due = claimed.next_due
-                        if claimed.state is None and due is not None and due <= 0:
+                        if claimed.state is None and claimed.carry is None and due is not None and due <= 0:
                             due = self._held_elsewhere(ticket.shard)
                         self.wakeups.learn(ticket, due)
                         state = claimed.state
-                        if state is None:
-                            return False
-                        if due is not None and due <= 0:
+                        if (state is not None or claimed.carry is not None) and due is not None and due <= 0:
                             self._backlog.add(ticket.shard)  # another is due already: take the next ones together
-                        if state.workflow.status != "running":
-                            return True
-                        leased, news = self.steps.advance(tx, state, self.owner if slot else None)
+                        if state is not None:
+                            if state.workflow.status != "running":
+                                return True
+                            if state.task is not None and state.task[1] == "timeout":
+                                self.steps.time_out(tx, state)
+                                return True
+                            leased, news = self.steps.advance(tx, state, self.owner if slot else None, slots=slot)
+                    if claimed.carry is not None:  # after the claim's commit: the lease holds meanwhile
+                        children.carry(conn, claimed.carry)
+                        return True
+                    if state is None:
+                        return False
                 except (Exception, ReplayOverBudget) as exc:
                     if state is None or isinstance(exc, store.TRANSIENT_ERRORS):
                         raise
@@ -425,19 +445,25 @@ class Worker:
         slots = 0 if self._stopping.is_set() or not self.activities else self.runner.reserve(CLAIM_BATCH)
         leased: list[store.ActivityTask] = []
         prepared: list[Prepared] = []
+        carry: store.Carry | None = None
         try:
             with self._pool.connection() as conn:
                 try:
                     with store.StepTransaction(conn) as tx:
-                        states, due = store.claim_replays(tx, ticket.shard, self._versions[ticket.shard],
-                                                          self.steps.whole_below, CLAIM_BATCH)
-                        if not states and due is not None and due <= 0:
+                        states, due, carry = store.claim_replays(
+                            tx, ticket.shard, self._versions[ticket.shard], self.steps.whole_below, CLAIM_BATCH,
+                            self.owner)
+                        if not states and carry is None and due is not None and due <= 0:
                             due = self._held_elsewhere(ticket.shard)
                         self.wakeups.learn(ticket, due)
                         if due is None or due > 0:
                             self._backlog.discard(ticket.shard)
                         for state in states:
-                            if state.workflow.status == "running":
+                            if state.workflow.status != "running":
+                                continue
+                            if state.task is not None and state.task[1] == "timeout":
+                                prepared.append(self.steps.prepare_time_out(state))
+                            else:
                                 lease_to = self.owner if len(prepared) < slots else None
                                 prepared.append(self.steps.prepare(tx, state, lease_to))
                         stamps = store.record_steps(tx, [p.step for p in prepared]) if prepared else []
@@ -452,12 +478,14 @@ class Worker:
                                 type(exc).__name__)
                     self.wakeups.announce(REPLAY, [ticket.shard])
                     return True
+                if carry is not None:  # leased by the committed claim: carried after it
+                    children.carry(conn, carry)
             for p, stamp in zip(prepared, stamps):
                 got, news = self.steps.finish(p, stamp)
                 leased += got
                 self._announce(news)
             self.runner.run(leased)
-            return bool(states)
+            return bool(states) or carry is not None
         finally:
             self.runner.release(slots - len(leased))
 
@@ -506,6 +534,8 @@ class Worker:
                     store.notify(conn, self.shards)
             except Exception as exc:  # noqa: BLE001 - best effort; a worker claims all it finds at start
                 log.warning("worker-handover-failed owner=%s error=%s", self.owner, type(exc).__name__)
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.heartbeat.stop()
         self.replay_cache.clear()
         self.budget.stop()

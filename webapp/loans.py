@@ -1,7 +1,9 @@
 """The loan application: ``LoanApplicationWorkflow`` and its activities.
 
 The workflow walks ``spec/loan-demo.md``: a credit check, the required
-documents (each a signal ``document-<type>``, awaited in order and verified),
+documents (each a signal ``document-<type>``, awaited in order and verified;
+a loan whose identity document does not come within
+``FLOWS_DOCUMENT_TIMEOUT`` seconds is rejected),
 a durable compliance sleep, a 30% manager review drawn with ``ctx.random``,
 an underwriter above $100,000, and the disbursement. Rejections are ordinary
 outcomes (``decision: "rejected"`` with a reason), not workflow failures; a
@@ -39,6 +41,7 @@ ADDRESS_PROOF_ABOVE = 50_000  # dollars; above it a proof of address is required
 UNDERWRITER_ABOVE = 100_000  # dollars; above it the underwriter must approve
 MAX_AMOUNT = 10_000_000  # dollars; anything larger is refused as input
 COMPLIANCE_SLEEP_SECONDS = 5.0  # FLOWS_COMPLIANCE_SLEEP overrides it
+DOCUMENT_TIMEOUT_SECONDS = 7 * 24 * 3600.0  # FLOWS_DOCUMENT_TIMEOUT overrides it
 REVIEW_PROBABILITY = 0.3  # share of applications a manager must review
 CREDIT_BUREAU = "Demo Credit Bureau"
 APPROVED_REASON = "All checks passed successfully"
@@ -174,6 +177,12 @@ def compliance_sleep_seconds() -> float:
     return float(os.environ.get("FLOWS_COMPLIANCE_SLEEP", COMPLIANCE_SLEEP_SECONDS))
 
 
+def document_timeout_seconds() -> float:
+    """How long a loan waits for its identity document before it is
+    rejected; a loan started under another value keeps the timer it got."""
+    return float(os.environ.get("FLOWS_DOCUMENT_TIMEOUT", DOCUMENT_TIMEOUT_SECONDS))
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -239,7 +248,11 @@ def loan_application_workflow(ctx: flows.WorkflowContext, app: LoanApplication) 
         )
 
     for document_type in required_documents(app.amount):
-        document = ctx.wait_for_signal(f"document-{document_type}", type=DocumentSubmitted)
+        timeout = document_timeout_seconds() if document_type == "identity" else None
+        try:
+            document = ctx.wait_for_signal(f"document-{document_type}", type=DocumentSubmitted, timeout=timeout)
+        except flows.Timeout as exc:
+            return decide("rejected", 0, f"No {document_type} document received within {exc.seconds:g} seconds")
         check = ctx.activity(
             verify_document, VerifyDocumentInput(application_id, document_type, document.document_id)
         )

@@ -224,3 +224,24 @@ def test_cancelled_workflow_takes_no_documents(http: FlaskClient, engine: Any, d
     assert r.status_code == 409
     assert db.execute("SELECT count(*) FROM signals").fetchone() == before
     assert http.get(f"{BASE}/loan-application/{wid}/result").json["Status"] == "cancelled"  # type: ignore[index]
+
+
+def test_a_loan_without_its_identity_document_is_rejected_after_the_document_timeout(
+    http: FlaskClient, loan_worker: Worker, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch,
+    no_review: None,
+) -> None:
+    monkeypatch.setenv("FLOWS_DOCUMENT_TIMEOUT", "1")
+    name = name_with_score(lambda s: s >= loans.APPROVAL_CREDIT_SCORE)
+    late = start_loan(http, name, amount=20_000)
+    out = output(wait_status(http, late, ended=True))
+    assert (out["decision"], out["approved_amount"]) == ("rejected", 0)
+    assert out["reason"] == "No identity document received within 1 seconds"
+    assert activities(db, late) == [("check-credit-score", "completed", 1)]
+    # a loan that gets its documents in time goes through as before, its identity timer gone
+    monkeypatch.setenv("FLOWS_DOCUMENT_TIMEOUT", "60")
+    on_time = start_loan(http, name, amount=20_000)
+    wait_status(http, on_time, waiting_for="signal:document-identity")
+    submit_all(http, on_time, ("identity", "income"))
+    assert output(wait_status(http, on_time, ended=True))["decision"] == "approved"
+    assert db.execute("SELECT count(*), bool_and(fired) FROM timers WHERE workflow_id = %s", (on_time,)).fetchone() \
+        == (1, True)  # the compliance timer only, as the spec shows
