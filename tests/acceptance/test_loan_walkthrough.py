@@ -186,7 +186,8 @@ def test_spec_walkthrough(loan_stack: Callable[..., Stack], db: psycopg.Connecti
     assert [(step, kind) for _, step, kind in history] == [
         (0, "workflow_started"),
         (1, "activity_scheduled"), (1, "activity_completed"),
-        (2, "signal_received"), (3, "activity_scheduled"), (3, "activity_completed"),
+        (2, "signal_awaited"), (2, "signal_received"),  # the identity document's wait has a timeout
+        (3, "activity_scheduled"), (3, "activity_completed"),
         (4, "signal_received"), (5, "activity_scheduled"), (5, "activity_completed"),
         (6, "signal_received"), (7, "activity_scheduled"), (7, "activity_completed"),
         (8, "timer_started"), (8, "timer_fired"),

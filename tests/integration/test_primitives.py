@@ -83,10 +83,10 @@ def test_three_one_second_activities_run_at_the_same_time(engine: Engine, worker
 def test_a_step_leases_only_as_many_activities_as_slots_it_reserved(engine: Engine, db_url: str, db: Any) -> None:
     run = engine.start(fan_out, [["a", 0], ["b", 0], ["c", 0]])
     writer = StepWriter({(fan_out.name, 1): fan_out}, {primitives_app.nap.name: primitives_app.nap},
-                        lambda: False, ReplayBudget(0), engine.shards)
+                        lambda: False, ReplayBudget(0), shards=engine.shards)
     with psycopg.connect(db_url, autocommit=True) as conn:
         with store.StepTransaction(conn) as tx:
-            claimed = store.claim_replay(tx, run.workflow_name_sharded, [1], "me")
+            claimed = store.claim_replay(tx, run.workflow_name_sharded, [1], owner="me")
             assert claimed.state is not None
             leased, _ = writer.advance(tx, claimed.state, "me", slots=1)
     assert len(leased) == 1 and leased[0].sequence_num == 1
@@ -151,14 +151,14 @@ def test_a_child_started_twice_is_started_once(engine: Engine, db_url: str, db: 
     the task is carried again, and finds the child there."""
     run = engine.start(parent, ["ok"])
     shard = run.workflow_name_sharded
-    writer = StepWriter({(parent.name, 1): parent}, {}, lambda: False, ReplayBudget(0), engine.shards)
+    writer = StepWriter({(parent.name, 1): parent}, {}, lambda: False, ReplayBudget(0), shards=engine.shards)
     with psycopg.connect(db_url, autocommit=True) as conn:
         with store.StepTransaction(conn) as tx:
-            claimed = store.claim_replay(tx, shard, [1], "me")
+            claimed = store.claim_replay(tx, shard, [1], owner="me")
             assert claimed.state is not None
             writer.advance(tx, claimed.state, None, slots=0)
         with store.StepTransaction(conn) as tx:
-            carry = store.claim_replay(tx, shard, [1], "doomed").carry
+            carry = store.claim_replay(tx, shard, [1], owner="doomed").carry
         assert carry is not None and isinstance(carry.info, store.ChildInfo)
         info = carry.info
         first = store.run(conn, store.start_workflow(shard=info.child_name, workflow_id=info.child_id,
@@ -197,14 +197,14 @@ def test_a_parent_that_ends_before_its_child_started_leaves_no_child_running(
     written as cancelled."""
     run = engine.start(parent_waits, "cancel")
     shard = run.workflow_name_sharded
-    writer = StepWriter({(parent_waits.name, 1): parent_waits}, {}, lambda: False, ReplayBudget(0), engine.shards)
+    writer = StepWriter({(parent_waits.name, 1): parent_waits}, {}, lambda: False, ReplayBudget(0), shards=engine.shards)
     with psycopg.connect(db_url, autocommit=True) as conn:
         with store.StepTransaction(conn) as tx:
-            claimed = store.claim_replay(tx, shard, [1], "me")
+            claimed = store.claim_replay(tx, shard, [1], owner="me")
             assert claimed.state is not None
             writer.advance(tx, claimed.state, None, slots=0)
         with store.StepTransaction(conn) as tx:
-            stale = store.claim_replay(tx, shard, [1], "slow").carry  # a start in flight
+            stale = store.claim_replay(tx, shard, [1], owner="slow").carry  # a start in flight
         assert stale is not None
         assert engine.cancel(run.workflow_name, run.workflow_id)
         start_worker(primitives_app.ALL_WORKFLOWS, primitives_app.ALL_ACTIVITIES)
