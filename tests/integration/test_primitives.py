@@ -282,3 +282,25 @@ def test_signal_with_start_racing_on_one_id_makes_one_workflow_and_two_signals(
     with pytest.raises(flows.InvalidInput, match="workflow_id"):
         engine.signal_with_start(inbox, 2, "item", "z", workflow_id=None)
     assert engine_app  # the ledger the workers fixture set up
+
+
+def test_the_primitives_work_in_workflows_kept_in_memory_as_parked_code(
+    engine: Engine, start_worker: Callable[..., Worker], ledger: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker keeps workflows with long histories as parked code, resumed
+    where they wait: gather, children and signal timeouts wait there too."""
+    from flows import continuation
+
+    monkeypatch.setattr(continuation, "PARK_MIN_EVENTS", 0)  # keep every workflow as parked code
+    start_worker(primitives_app.ALL_WORKFLOWS, primitives_app.ALL_ACTIVITIES, concurrency=4)
+    fan = engine.start(fan_out, [["a", 0.3], ["b", 0.1], ["c", 0.2]])
+    kids = engine.start(parent, ["ok", "fail"])
+    late = engine.start(approval, 0.5)
+    on_time = engine.start(approval, 60.0)
+    wait_until(lambda: engine.query(on_time.workflow_name, on_time.workflow_id).waiting_for == "signal:approve")
+    engine.send_signal(on_time.workflow_name, on_time.workflow_id, "approve", "ann")
+    assert engine.result(fan.workflow_name, fan.workflow_id, timeout=30) == ["a done", "b done", "c done"]
+    assert engine.result(kids.workflow_name, kids.workflow_id, timeout=30) == \
+        ["c0 by child", "failed: ValueError: child c1 refuses"]
+    assert engine.result(late.workflow_name, late.workflow_id, timeout=30) == "timed out"
+    assert engine.result(on_time.workflow_name, on_time.workflow_id, timeout=30) == "approved by ann"
