@@ -256,6 +256,9 @@ class StepWriter:
                                    or (memory.parked is not None and not memory.parked.alive)):
             memory.forget()  # stale: another step (another worker's, a cancel) came between
             memory = None
+        if memory is not None and memory.parked is not None and not state.tail:
+            memory.forget()  # parked code takes only the events since its step, not a whole history
+            memory = None
         if state.tail and memory is None:
             state = store.load_state(tx, wf.name, wf.id, state.now)
         parked = None if memory is None else memory.parked
@@ -265,9 +268,11 @@ class StepWriter:
             if recorded is not None:
                 step.events.append(store.event(*recorded))
             # The events this worker has not seen yet: the state's (a tail, or
-            # the whole history) and the attempt's end recorded here.
+            # the whole history) and the attempt's end recorded here. A whole
+            # history replaces what is remembered (added to it, every event
+            # would be folded twice).
             new = list(state.events or []) + [(e.seq, e.kind, e.data) for e in step.events]
-            remembered = memory.events if memory is not None and memory.events is not None else []
+            remembered = memory.events if memory is not None and memory.events is not None and state.tail else []
             outcome, parked, history_now = self._run(state, memory, parked, remembered + new)
             step.status, step.seq = outcome.status, outcome.last_seq
             first_own = len(step.events)

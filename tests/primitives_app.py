@@ -102,6 +102,18 @@ def inbox(ctx: flows.WorkflowContext, expected: int) -> list[Any]:
     return [ctx.wait_for_signal("item") for _ in range(expected)]
 
 
+@flows.workflow("p-history-length")
+def history_length(ctx: flows.WorkflowContext, _: Any) -> list[int]:
+    """How many events the replay has (the worker's memory of the workflow
+    must not count any twice)."""
+    seen = [ctx.history_length]
+    ctx.activity(nap, ["h", 0.0])
+    seen.append(ctx.history_length)
+    ctx.wait_for_signal("go")
+    seen.append(ctx.history_length)
+    return seen
+
+
 @flows.workflow("p-tick")
 def tick(ctx: flows.WorkflowContext, label: str) -> str:
     return label
@@ -145,6 +157,7 @@ def async_stuck_workflow(ctx: flows.WorkflowContext, _: Any) -> str:
         return f"{exc.attempts}: {exc.error}"
 
 
-ALL_WORKFLOWS = [fan_out, fan_out_failing, child, parent, parent_waits, approval, forever, inbox, tick, slow_tick,
+ALL_WORKFLOWS = [fan_out, fan_out_failing, child, parent, parent_waits, approval, forever, inbox, history_length,
+                 tick, slow_tick,
                  async_fan_out, async_stuck_workflow]
 ALL_ACTIVITIES = [nap, fail, async_nap, async_stuck]

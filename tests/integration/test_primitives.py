@@ -304,3 +304,13 @@ def test_the_primitives_work_in_workflows_kept_in_memory_as_parked_code(
         ["c0 by child", "failed: ValueError: child c1 refuses"]
     assert engine.result(late.workflow_name, late.workflow_id, timeout=30) == "timed out"
     assert engine.result(on_time.workflow_name, on_time.workflow_id, timeout=30) == "approved by ann"
+
+
+def test_a_workflow_remembered_by_its_worker_sees_each_event_once(engine: Engine, workers: Worker) -> None:
+    """A claim that sends a short run's whole history replaces what the
+    worker remembers of it, rather than being added to it."""
+    run = engine.start(primitives_app.history_length, None)
+    wait_until(lambda: engine.query(run.workflow_name, run.workflow_id).waiting_for == "signal:go")
+    engine.send_signal(run.workflow_name, run.workflow_id, "go")
+    # the final replay's history: started, scheduled, completed (the signal it consumes is written after)
+    assert engine.result(run.workflow_name, run.workflow_id, timeout=30) == [3, 3, 3]
