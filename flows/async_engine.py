@@ -8,7 +8,6 @@ the same validation, the same statements (``store.Statement``, run with
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 from uuid import UUID
@@ -23,6 +22,7 @@ from flows.engine import (
     ended,
     locate,
     result_wait,
+    settings,
     signal_request,
     signal_with_start_request,
     signalled_start,
@@ -30,7 +30,7 @@ from flows.engine import (
     started,
     workflow_status,
 )
-from flows.errors import ConfigurationError, InvalidInput
+from flows.errors import InvalidInput
 
 
 class AsyncEngine:
@@ -41,11 +41,7 @@ class AsyncEngine:
     AsyncEngine(dsn) as engine:`` or ``await engine.close()``."""
 
     def __init__(self, dsn_or_pool: Any, shards: int | None = None, *, pool_size: int | None = None) -> None:
-        shards = int(os.environ.get("FLOWS_SHARDS", sharding.DEFAULT_SHARDS)) if shards is None else shards
-        if not isinstance(shards, int) or shards < 1:
-            raise ConfigurationError(f"shards must be a positive integer, got {shards!r}")
-        self.shards = shards
-        self.pool_size = pool_size or int(os.environ.get("FLOWS_POOL_SIZE", "10"))
+        self.shards, self.pool_size = settings(shards, pool_size)
         self._ours = isinstance(dsn_or_pool, str)
         if isinstance(dsn_or_pool, str):
             self.dsn = dsn_or_pool

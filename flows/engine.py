@@ -120,17 +120,22 @@ class _PoolHolder:
     ours: bool = True  # False: the caller's pool, theirs to close
 
 
+def settings(shards: int | None, pool_size: int | None) -> tuple[int, int]:
+    """An engine's shard count and pool size: the arguments, else FLOWS_SHARDS
+    and FLOWS_POOL_SIZE, else 3 and 10."""
+    shards = int(os.environ.get("FLOWS_SHARDS", sharding.DEFAULT_SHARDS)) if shards is None else shards
+    if not isinstance(shards, int) or shards < 1:
+        raise ConfigurationError(f"shards must be a positive integer, got {shards!r}")
+    return shards, pool_size or int(os.environ.get("FLOWS_POOL_SIZE", "10"))
+
+
 class Engine:
     """Entry point of the client API, backed by a psycopg pool.
 
     ``dsn_or_pool`` is a connection string or an open psycopg ``ConnectionPool``."""
 
     def __init__(self, dsn_or_pool: Any, shards: int | None = None, *, pool_size: int | None = None) -> None:
-        shards = int(os.environ.get("FLOWS_SHARDS", sharding.DEFAULT_SHARDS)) if shards is None else shards
-        if not isinstance(shards, int) or shards < 1:
-            raise ConfigurationError(f"shards must be a positive integer, got {shards!r}")
-        self.shards = shards
-        self.pool_size = pool_size or int(os.environ.get("FLOWS_POOL_SIZE", "10"))
+        self.shards, self.pool_size = settings(shards, pool_size)
         self._lock = threading.Lock()
         if isinstance(dsn_or_pool, str):
             store.check_dsn(dsn_or_pool)  # a placeholder or malformed string fails here, not at first use

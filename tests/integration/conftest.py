@@ -42,12 +42,12 @@ Spawn = Callable[..., subprocess.Popen[bytes]]
 
 @pytest.fixture
 def spawn_worker() -> Iterator[Spawn]:
-    """Start ``flows worker --app tests.engine_app`` processes; kill leftovers after the test."""
+    """Start ``flows worker --app tests.engine_app`` (or ``app``) processes; kill leftovers after the test."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(url: str, **env: str) -> subprocess.Popen[bytes]:
+    def spawn(url: str, app: str = "tests.engine_app", **env: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "worker", "--app", "tests.engine_app"],
+            [sys.executable, "-m", "flows.cli", "worker", "--app", app],
             cwd=ROOT, env={**os.environ, "DATABASE_URL": url, "FLOWS_LOG_LEVEL": "WARNING", **env},
         )
         procs.append(proc)

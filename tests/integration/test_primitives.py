@@ -4,13 +4,10 @@ Crash paths kill real worker processes."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import psycopg
 import pytest
@@ -19,8 +16,8 @@ import uuid6
 import flows
 from flows import Engine, Worker, context, store
 from flows.steps import ReplayBudget, StepWriter
-from tests import engine_app, primitives_app
-from tests.conftest import ROOT
+from tests import primitives_app
+from tests.integration.conftest import Spawn
 from tests.integration.test_crashes import wait_until
 from tests.primitives_app import (
     approval,
@@ -33,32 +30,12 @@ from tests.primitives_app import (
     parent_waits,
 )
 
-Spawn = Callable[..., subprocess.Popen[bytes]]
-
-
 @pytest.fixture
 def workers(start_worker: Callable[..., Worker], ledger: Any) -> Worker:
     return start_worker(primitives_app.ALL_WORKFLOWS, primitives_app.ALL_ACTIVITIES, concurrency=4)
 
 
-@pytest.fixture
-def spawn() -> Iterator[Spawn]:
-    """``flows worker --app tests.primitives_app`` processes, killed after the test."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(url: str, **env: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "worker", "--app", "tests.primitives_app", "--concurrency", "4"],
-            cwd=ROOT, env={**os.environ, "DATABASE_URL": url, "FLOWS_LOG_LEVEL": "WARNING", **env},
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+APP = "tests.primitives_app"
 
 
 # -- parallel activities ----------------------------------------------------------
@@ -107,9 +84,9 @@ def test_gather_raises_the_failure_recorded_first(engine: Engine, workers: Worke
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_fan_out_leaves_only_the_unfinished_activity_to_redo(
-    engine: Engine, db_url: str, ledger: Any, spawn: Spawn
+    engine: Engine, db_url: str, ledger: Any, spawn_worker: Spawn
 ) -> None:
-    doomed = spawn(db_url, PRIM_HANG_ON="c")
+    doomed = spawn_worker(db_url, APP, PRIM_HANG_ON="c")
     run = engine.start(fan_out, [["a", 0.1], ["b", 0.1], ["c", 0.1]])
     wait_until(lambda: ledger.execute(
         "SELECT count(*) FROM activities WHERE workflow_id = %s AND status = 'completed'",
@@ -118,7 +95,7 @@ def test_a_worker_killed_mid_fan_out_leaves_only_the_unfinished_activity_to_redo
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(5)
 
-    spawn(db_url, FLOWS_STALE_SECONDS="1", FLOWS_HEARTBEAT_SECONDS="0.3")  # takes the dead worker's leases
+    spawn_worker(db_url, APP, FLOWS_STALE_SECONDS="1", FLOWS_HEARTBEAT_SECONDS="0.3")  # takes the dead worker's leases
     assert engine.result(run.workflow_name, run.workflow_id, timeout=40) == ["a done", "b done", "c done"]
     runs = dict(ledger.execute("SELECT split_part(step, ':', 3), count(*) FROM ledger GROUP BY 1").fetchall())
     assert runs == {"a": 1, "b": 1, "c": 2}
@@ -145,22 +122,32 @@ def test_children_run_on_their_own_shards_and_their_ends_reach_the_parent(
     assert db.execute("SELECT count(*) FROM task_queue").fetchone() == (0,)
 
 
-def test_a_child_started_twice_is_started_once(engine: Engine, db_url: str, db: Any, start_worker: Any,
-                                               ledger: Any) -> None:
-    """A worker that started the child and died before dropping its task:
-    the task is carried again, and finds the child there."""
-    run = engine.start(parent, ["ok"])
+def step_then_claim_carry(engine: Engine, db_url: str, run: flows.Execution, wf: Any, owner: str) -> store.Carry:
+    """Write the parent's first step (it asks for a child) and lease its
+    `child` task to ``owner``, as a worker about to carry it would."""
     shard = run.workflow_name_sharded
-    writer = StepWriter({(parent.name, 1): parent}, {}, lambda: False, ReplayBudget(0), shards=engine.shards)
+    writer = StepWriter({(wf.name, 1): wf}, {}, lambda: False, ReplayBudget(0), shards=engine.shards)
     with psycopg.connect(db_url, autocommit=True) as conn:
         with store.StepTransaction(conn) as tx:
             claimed = store.claim_replay(tx, shard, [1], owner="me")
             assert claimed.state is not None
             writer.advance(tx, claimed.state, None, slots=0)
         with store.StepTransaction(conn) as tx:
-            carry = store.claim_replay(tx, shard, [1], owner="doomed").carry
-        assert carry is not None and isinstance(carry.info, store.ChildInfo)
-        info = carry.info
+            carry = store.claim_replay(tx, shard, [1], owner=owner).carry
+    assert carry is not None and isinstance(carry.info, store.ChildInfo)
+    return carry
+
+
+def test_a_child_started_twice_is_started_once(engine: Engine, db_url: str, db: Any, start_worker: Any,
+                                               ledger: Any) -> None:
+    """A worker that started the child and died before dropping its task:
+    the task is carried again, and finds the child there."""
+    run = engine.start(parent, ["ok"])
+    shard = run.workflow_name_sharded
+    carry = step_then_claim_carry(engine, db_url, run, parent, "doomed")
+    assert isinstance(carry.info, store.ChildInfo)
+    info = carry.info
+    with psycopg.connect(db_url, autocommit=True) as conn:
         first = store.run(conn, store.start_workflow(shard=info.child_name, workflow_id=info.child_id,
                                                      tenant_id=info.tenant_id, version=1, input=b'["c0", "ok"]',
                                                      parent=(shard, run.workflow_id, 1)))
@@ -197,15 +184,8 @@ def test_a_parent_that_ends_before_its_child_started_leaves_no_child_running(
     written as cancelled."""
     run = engine.start(parent_waits, "cancel")
     shard = run.workflow_name_sharded
-    writer = StepWriter({(parent_waits.name, 1): parent_waits}, {}, lambda: False, ReplayBudget(0), shards=engine.shards)
+    stale = step_then_claim_carry(engine, db_url, run, parent_waits, "slow")  # a start in flight
     with psycopg.connect(db_url, autocommit=True) as conn:
-        with store.StepTransaction(conn) as tx:
-            claimed = store.claim_replay(tx, shard, [1], owner="me")
-            assert claimed.state is not None
-            writer.advance(tx, claimed.state, None, slots=0)
-        with store.StepTransaction(conn) as tx:
-            stale = store.claim_replay(tx, shard, [1], owner="slow").carry  # a start in flight
-        assert stale is not None
         assert engine.cancel(run.workflow_name, run.workflow_id)
         start_worker(primitives_app.ALL_WORKFLOWS, primitives_app.ALL_ACTIVITIES)
         kid = uuid.uuid5(run.workflow_id, "child:1")
@@ -281,7 +261,6 @@ def test_signal_with_start_racing_on_one_id_makes_one_workflow_and_two_signals(
         engine.signal_with_start(inbox, 2, "item", "z", workflow_id=wid)
     with pytest.raises(flows.InvalidInput, match="workflow_id"):
         engine.signal_with_start(inbox, 2, "item", "z", workflow_id=None)
-    assert engine_app  # the ledger the workers fixture set up
 
 
 def test_the_primitives_work_in_workflows_kept_in_memory_as_parked_code(

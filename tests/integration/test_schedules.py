@@ -14,8 +14,10 @@ import pytest
 import flows
 from flows import Engine, cli, schedules
 from tests.integration.test_crashes import wait_until
-from tests.integration.test_primitives import Spawn, spawn  # noqa: F401 - the fixture
+from tests.integration.conftest import Spawn
 from tests.primitives_app import tick
+
+APP = "tests.primitives_app"
 
 
 def run_ticks(db: Any) -> list[datetime]:
@@ -30,9 +32,9 @@ def consecutive(ticks: list[datetime]) -> bool:
 
 
 @pytest.mark.slow
-def test_two_fleets_start_one_run_per_tick(engine: Engine, db_url: str, db: Any, spawn: Spawn) -> None:  # noqa: F811
+def test_two_fleets_start_one_run_per_tick(engine: Engine, db_url: str, db: Any, spawn_worker: Spawn) -> None:
     for _ in range(2):
-        spawn(db_url)
+        spawn_worker(db_url, APP)
     wait_until(lambda: db.execute("SELECT count(*) FROM worker_heartbeats").fetchone() == (2,), timeout=30)
     info = engine.schedule(tick, "* * * * * *", "beat", schedule_id="every-second", overlap="allow")
     time.sleep(5.5)
@@ -53,11 +55,11 @@ def test_two_fleets_start_one_run_per_tick(engine: Engine, db_url: str, db: Any,
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["all", "latest"])
 def test_a_fleet_down_across_ticks_catches_up_per_policy(
-    engine: Engine, db_url: str, db: Any, spawn: Spawn, policy: str  # noqa: F811
+    engine: Engine, db_url: str, db: Any, spawn_worker: Spawn, policy: str
 ) -> None:
     info = engine.schedule(tick, "* * * * * *", "beat", schedule_id="catch-up", overlap="allow", catch_up=policy)
     time.sleep(2.5)  # no worker: two ticks or more pass unfired
-    spawn(db_url)
+    spawn_worker(db_url, APP)
     up = db.execute("SELECT now()").fetchone()[0]
     wait_until(lambda: (ticks := run_ticks(db)) and ticks[-1] > up, timeout=30)  # caught up, then on time
     paused = engine.pause_schedule("catch-up")
