@@ -103,10 +103,11 @@ class AsyncEngine:
 
     async def send_signal(
         self, workflow_name: str, workflow_id: object, signal_name: str, payload: Any = None, *,
-        tenant_id: object = None,
+        tenant_id: object = None, dedup_key: str | None = None, only_if_waiting: bool = False,
     ) -> UUID:
-        """As ``Engine.send_signal``."""
-        request = signal_request(self, workflow_name, workflow_id, signal_name, payload, tenant_id)
+        """As ``Engine.send_signal`` (``dedup_key`` and ``only_if_waiting`` included)."""
+        request = signal_request(self, workflow_name, workflow_id, signal_name, payload, tenant_id,
+                                 dedup_key=dedup_key, only_if_waiting=only_if_waiting)
         return request.answer(await self._run(request.statement))
 
     async def query(self, workflow_name: str, workflow_id: object, *, tenant_id: object = None) -> WorkflowStatus:

@@ -25,7 +25,9 @@ from flows import codec, operations, schedules, sharding, store
 from flows.definitions import WorkflowDefinition, find_workflow
 from flows.errors import (
     ConfigurationError,
+    DuplicateSignal,
     InvalidInput,
+    SignalNotAwaited,
     WorkflowFailed,
     WorkflowNotFound,
     WorkflowNotRunning,
@@ -274,15 +276,29 @@ class Engine:
 
     def send_signal(
         self, workflow_name: str, workflow_id: object, signal_name: str, payload: Any = None, *,
-        tenant_id: object = None,
+        tenant_id: object = None, dedup_key: str | None = None, only_if_waiting: bool = False,
     ) -> UUID:
-        """Deliver signal ``signal_name`` to a running workflow; it is kept
-        until the workflow waits for it. Raises WorkflowNotFound, or
-        WorkflowNotRunning once the workflow has ended."""
-        request = signal_request(self, workflow_name, workflow_id, signal_name, payload, tenant_id)
+        """Deliver signal ``signal_name`` to a running workflow and return its
+        id; it is kept until the workflow waits for it. Raises
+        WorkflowNotFound, or WorkflowNotRunning once the workflow has ended.
+
+        Two conditions, each decided in the statement that stores the
+        signal, so concurrent senders cannot both pass:
+
+        - ``dedup_key``: at most one signal per workflow id (across its
+          runs) is ever stored under a key. A send whose key is taken stores
+          nothing and raises DuplicateSignal carrying the stored signal's id
+          and payload.
+        - ``only_if_waiting``: store the signal only if the workflow waits
+          for it now: its replay stopped at ``wait_for_signal(signal_name)``
+          and no stored, unconsumed signal of that name already answers the
+          wait. Otherwise nothing is stored and SignalNotAwaited is raised.
+          Of concurrent senders, one per wait succeeds."""
+        request = signal_request(self, workflow_name, workflow_id, signal_name, payload, tenant_id,
+                                 dedup_key=dedup_key, only_if_waiting=only_if_waiting)
         with store.wrapped(), self.connection() as c:
-            status = store.run(c, request.statement)
-        return request.answer(status)
+            sent = store.run(c, request.statement)
+        return request.answer(sent)
 
     def query(self, workflow_name: str, workflow_id: object, *, tenant_id: object = None) -> WorkflowStatus:
         """The workflow's current status (``WorkflowNotFound`` if this tenant has no such workflow)."""
@@ -612,31 +628,55 @@ def signalled_start(execution: Execution, answer: tuple[str, str | None]) -> Exe
 
 @dataclass(frozen=True)
 class SignalRequest:
-    statement: store.Statement[str | None]
+    statement: store.Statement[store.SignalSent | None]
     name: str
     workflow_id: UUID
     signal_id: UUID
+    signal_name: str
+    dedup_key: str | None
 
-    def answer(self, status: str | None) -> UUID:
-        if status is None:
-            raise WorkflowNotFound(f"no workflow {self.name}/{self.workflow_id}")
-        if status in ENDED:
-            raise WorkflowNotRunning(f"workflow {self.name}/{self.workflow_id} is {status}; it takes no more signals")
+    def answer(self, sent: store.SignalSent | None) -> UUID:
+        where = f"{self.name}/{self.workflow_id}"
+        if sent is None:
+            raise WorkflowNotFound(f"no workflow {where}")
+        if sent.outcome is None:
+            raise WorkflowNotRunning(f"workflow {where} is {sent.status}; it takes no more signals")
+        if sent.outcome == "duplicate":
+            assert self.dedup_key is not None and sent.signal_id is not None
+            raise DuplicateSignal(
+                f"workflow {where} already has signal {sent.signal_id} with dedup_key {self.dedup_key!r}",
+                dedup_key=self.dedup_key, signal_id=sent.signal_id, payload=codec.decode(sent.payload),
+            )
+        if sent.outcome == "answered":
+            raise SignalNotAwaited(
+                f"workflow {where} already has an unconsumed {self.signal_name!r} signal ({sent.signal_id})",
+                waiting_for=sent.waiting_for, pending_signal_id=sent.signal_id,
+            )
+        if sent.outcome == "not-waiting":
+            raise SignalNotAwaited(
+                f"workflow {where} is not waiting for {self.signal_name!r} (waiting for: {sent.waiting_for or 'nothing'})",
+                waiting_for=sent.waiting_for,
+            )
         return self.signal_id
 
 
 def signal_request(
-    engine: Any, workflow_name: str, workflow_id: object, signal_name: str, payload: Any, tenant_id: object,
+    engine: Any, workflow_name: str, workflow_id: object, signal_name: str, payload: Any, tenant_id: object, *,
+    dedup_key: str | None = None, only_if_waiting: bool = False,
 ) -> SignalRequest:
     name, wid, shard = engine._locate(workflow_name, workflow_id)
     tenant = _tenant(tenant_id)
     _check_signal_name(signal_name)
+    if dedup_key is not None and (
+        not isinstance(dedup_key, str) or not dedup_key or len(dedup_key) > 200 or "\0" in dedup_key
+    ):
+        raise InvalidInput("dedup_key must be a non-empty string of <= 200 chars without NUL", path="dedup_key")
     data = codec.encode(payload, "payload")
     signal_id = uuid6.uuid7()
     statement = store.send_signal_statement(
-        shard=shard, workflow_id=wid, tenant_id=tenant, signal_id=signal_id,
-        name=signal_name, payload=data, task_id=uuid6.uuid7())
-    return SignalRequest(statement, name, wid, signal_id)
+        shard=shard, workflow_id=wid, tenant_id=tenant, signal_id=signal_id, name=signal_name, payload=data,
+        task_id=uuid6.uuid7(), dedup_key=dedup_key, only_if_waiting=bool(only_if_waiting))
+    return SignalRequest(statement, name, wid, signal_id, signal_name, dedup_key)
 
 
 def _status(name: str, row: store.WorkflowRow) -> WorkflowStatus:

@@ -37,6 +37,31 @@ class WorkflowNotFailed(FlowsError):
     """Only a failed workflow can be retried; this one is running, completed or cancelled."""
 
 
+class DuplicateSignal(FlowsError):
+    """``send_signal(dedup_key=...)``: a signal with that key was already
+    stored for the workflow, and nothing new was. ``signal_id`` and
+    ``payload`` (plain JSON values) are the stored signal's, so a caller can
+    tell a retry of the same request from a different one."""
+
+    def __init__(self, message: str, *, dedup_key: str, signal_id: object, payload: object) -> None:
+        super().__init__(message)
+        self.dedup_key = dedup_key
+        self.signal_id = signal_id
+        self.payload = payload
+
+
+class SignalNotAwaited(FlowsError):
+    """``send_signal(only_if_waiting=True)``: the workflow is not waiting for
+    this signal now, so nothing was stored. ``waiting_for`` is what it waits
+    for; ``pending_signal_id`` is set when it does wait for this signal but a
+    stored, not yet consumed one already answers that wait."""
+
+    def __init__(self, message: str, *, waiting_for: str | None, pending_signal_id: object = None) -> None:
+        super().__init__(message)
+        self.waiting_for = waiting_for
+        self.pending_signal_id = pending_signal_id
+
+
 class WorkflowFailed(FlowsError):
     """The workflow ended in failure (or was cancelled); ``error`` says why."""
 

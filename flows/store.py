@@ -451,26 +451,48 @@ def result_waiter_statement(shard: str, workflow_id: UUID, tenant_id: UUID | Non
     )
 
 
+class SignalSent(msgspec.Struct, frozen=True):
+    """What ``send_signal`` did: ``outcome`` is 'stored', 'duplicate' (the
+    key was taken: ``signal_id``/``payload`` are that signal's),
+    'not-waiting', 'answered' (``signal_id`` is the unconsumed signal that
+    answers the wait) or None (the workflow has ended: nothing stored)."""
+
+    status: str
+    outcome: str | None
+    signal_id: UUID | None
+    payload: str | None
+    waiting_for: str | None
+
+
 def send_signal(
     conn: Conn, *, shard: str, workflow_id: UUID, tenant_id: UUID | None, signal_id: UUID, name: str, payload: bytes,
-    task_id: UUID,
-) -> str | None:
-    """Store a signal for a workflow that has not ended and, when it waits
-    for exactly this signal, queue its replay and wake its shard; one
-    statement (``flows_send_signal``, migration 006). Returns the workflow's
-    status, None when this tenant (None = any) has no such workflow."""
+    task_id: UUID, dedup_key: str | None = None, only_if_waiting: bool = False,
+) -> SignalSent | None:
+    """``send_signal_statement`` run on ``conn``."""
     return run(conn, send_signal_statement(shard=shard, workflow_id=workflow_id, tenant_id=tenant_id,
-                                           signal_id=signal_id, name=name, payload=payload, task_id=task_id))
+                                           signal_id=signal_id, name=name, payload=payload, task_id=task_id,
+                                           dedup_key=dedup_key, only_if_waiting=only_if_waiting))
+
+
+def _signal_sent(rows: list[tuple[Any, ...]]) -> SignalSent | None:
+    return SignalSent(*rows[0]) if rows else None
 
 
 def send_signal_statement(
     *, shard: str, workflow_id: UUID, tenant_id: UUID | None, signal_id: UUID, name: str, payload: bytes,
-    task_id: UUID,
-) -> Statement[str | None]:
+    task_id: UUID, dedup_key: str | None = None, only_if_waiting: bool = False,
+) -> Statement[SignalSent | None]:
+    """Store a signal for a workflow that has not ended and, when it waits
+    for exactly this signal, queue its replay and wake its shard; with
+    ``dedup_key`` at most one signal per key and workflow, with
+    ``only_if_waiting`` only while the workflow waits for it unanswered.
+    One statement (``flows_send_signal_v2``, migration 020). None when this
+    tenant (None = any) has no such workflow."""
     return Statement(
-        "SELECT flows_send_signal(%s, %s, %s, %s, %s, %s, %s, %s)",
-        (shard, workflow_id, tenant_id, signal_id, name, Json(payload), task_id, sharding.channel(shard)),
-        _first,
+        "SELECT * FROM flows_send_signal_v2(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (shard, workflow_id, tenant_id, signal_id, name, Json(payload), task_id, sharding.channel(shard), dedup_key,
+         only_if_waiting),
+        _signal_sent,
     )
 
 
