@@ -36,6 +36,7 @@ from flows.errors import (
 log = logging.getLogger("flows.engine")
 
 DEFAULT_TENANT_ID = UUID(int=0)
+POOL_TIMEOUT_SECONDS = 30.0  # how long a call waits for a pooled connection before DatabaseError
 RESULT_RECHECK_SECONDS = 5.0  # a safety net under the NOTIFY that wakes result()
 ENDED = ("completed", "failed", "cancelled")
 
@@ -134,10 +135,20 @@ def settings(shards: int | None, pool_size: int | None) -> tuple[int, int]:
 class Engine:
     """Entry point of the client API, backed by a psycopg pool.
 
-    ``dsn_or_pool`` is a connection string or an open psycopg ``ConnectionPool``."""
+    ``dsn_or_pool`` is a connection string or an open psycopg ``ConnectionPool``.
+    ``pool_timeout``: seconds a call waits for a connection of the engine's
+    own pool (all busy, or the database unreachable) before it raises
+    DatabaseError; a web app keeps it short so that an outage is answered
+    quickly instead of holding a request thread."""
 
-    def __init__(self, dsn_or_pool: Any, shards: int | None = None, *, pool_size: int | None = None) -> None:
+    def __init__(
+        self, dsn_or_pool: Any, shards: int | None = None, *, pool_size: int | None = None,
+        pool_timeout: float = POOL_TIMEOUT_SECONDS,
+    ) -> None:
         self.shards, self.pool_size = settings(shards, pool_size)
+        if not pool_timeout > 0:
+            raise ConfigurationError(f"pool_timeout must be above 0 seconds, got {pool_timeout!r}")
+        self.pool_timeout = float(pool_timeout)
         self._lock = threading.Lock()
         if isinstance(dsn_or_pool, str):
             store.check_dsn(dsn_or_pool)  # a placeholder or malformed string fails here, not at first use
@@ -159,7 +170,8 @@ class Engine:
                     # reached fails at once with its reason, instead of the
                     # pool retrying in the background until a caller times out.
                     store.connect(self.dsn, timeout_seconds=store.CONNECT_TIMEOUT_SECONDS).close()
-                    self._holder = _PoolHolder(os.getpid(), store.open_pool(self.dsn, max_size=self.pool_size, check=True))
+                    self._holder = _PoolHolder(os.getpid(), store.open_pool(
+                        self.dsn, max_size=self.pool_size, check=True, timeout=self.pool_timeout))
                 holder = self._holder
         return holder.pool
 

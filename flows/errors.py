@@ -6,6 +6,8 @@ user code's ``except Exception`` cannot swallow it.
 
 from __future__ import annotations
 
+from uuid import UUID
+
 
 class FlowsError(Exception):
     """Root of every error the library raises on purpose."""
@@ -43,7 +45,7 @@ class DuplicateSignal(FlowsError):
     ``payload`` (plain JSON values) are the stored signal's, so a caller can
     tell a retry of the same request from a different one."""
 
-    def __init__(self, message: str, *, dedup_key: str, signal_id: object, payload: object) -> None:
+    def __init__(self, message: str, *, dedup_key: str, signal_id: UUID, payload: object) -> None:
         super().__init__(message)
         self.dedup_key = dedup_key
         self.signal_id = signal_id
@@ -56,7 +58,7 @@ class SignalNotAwaited(FlowsError):
     for; ``pending_signal_id`` is set when it does wait for this signal but a
     stored, not yet consumed one already answers that wait."""
 
-    def __init__(self, message: str, *, waiting_for: str | None, pending_signal_id: object = None) -> None:
+    def __init__(self, message: str, *, waiting_for: str | None, pending_signal_id: UUID | None = None) -> None:
         super().__init__(message)
         self.waiting_for = waiting_for
         self.pending_signal_id = pending_signal_id
@@ -126,9 +128,24 @@ class MigrationChanged(FlowsError):
 
 
 class DatabaseError(FlowsError):
-    """The database refused or lost a statement (wraps psycopg.Error), or the
-    connection string cannot be used; the message names the host (never the
-    password) and what to check."""
+    """The database refused or lost a statement (wraps psycopg.Error, kept as
+    ``__cause__``), or the connection string cannot be used; the message
+    names the host (never the password) and what to check. ``sqlstate`` is
+    PostgreSQL's error code (``22P02``...), None for errors raised on the
+    client side (no connection, pool timeout). A statement's error names its
+    class and the objects involved, never the values of a row (see
+    ``flows.store.describe``)."""
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+    @property
+    def data_error(self) -> bool:
+        """Whether PostgreSQL refused a value as such (SQLSTATE class 22:
+        invalid text, out of range, untranslatable character...): the
+        caller's data is at fault, not the database's state."""
+        return self.sqlstate is not None and self.sqlstate.startswith("22")
 
 
 class DatabaseUnavailable(DatabaseError):

@@ -143,6 +143,7 @@ def connect(dsn: str, *, autocommit: bool = False, timeout_seconds: float | None
 def open_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "flows", check: bool = False,
     statement_timeout: float | None = None, idle_in_transaction_timeout: float | None = None,
+    timeout: float = 30.0,
 ) -> ConnectionPool:
     """A pool of autocommit connections (a lone statement costs no BEGIN and
     COMMIT; every multi-statement write says ``conn.transaction()``). Open it
@@ -153,7 +154,8 @@ def open_pool(
     goes without and retries its loop instead. The timeouts (seconds) are
     set on each new connection: the server cancels a statement running
     longer, and ends a session idle that long inside a transaction, which
-    releases the locks it held."""
+    releases the locks it held. ``timeout`` is how long a caller waits for
+    a connection (PoolTimeout after it)."""
     settings = [(name, round(seconds * 1000)) for name, seconds in (
         ("statement_timeout", statement_timeout), ("idle_in_transaction_session_timeout", idle_in_transaction_timeout),
     ) if seconds]
@@ -163,7 +165,7 @@ def open_pool(
             conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(setting), sql.Literal(millis)))
 
     pool = ConnectionPool(
-        dsn, min_size=min_size, max_size=max_size, name=name, open=False, timeout=30.0,
+        dsn, min_size=min_size, max_size=max_size, name=name, open=False, timeout=timeout,
         kwargs={"autocommit": True}, check=ConnectionPool.check_connection if check else None,
         configure=configure if settings else None,
     )
@@ -171,15 +173,46 @@ def open_pool(
     return pool
 
 
+# SQLSTATE classes whose primary message may quote a value of the statement
+# (22, data exceptions: 'invalid input syntax for type uuid: "..."') or text
+# a function composed (P0, RAISE): describe() leaves their message out.
+_VALUE_QUOTING_CLASSES = ("22", "P0")
+
+
+def describe(exc: BaseException) -> str:
+    """A database error as one line fit for a log: its class, SQLSTATE, the
+    objects PostgreSQL names (table, column, constraint, type) and, unless
+    its class may quote values, the primary message. Never DETAIL, CONTEXT
+    or the statement, which carry row values (names, comments, payloads)."""
+    name = type(exc).__name__
+    sqlstate = getattr(exc, "sqlstate", None)
+    if not isinstance(exc, psycopg.Error) or sqlstate is None:
+        # Raised by the client (no connection, pool timeout): no row values.
+        first = str(exc).strip().splitlines()
+        return f"{name}: {first[0]}" if first else name
+    diag = exc.diag
+    line = f"{name} ({sqlstate})"
+    if diag.message_primary and not sqlstate.startswith(_VALUE_QUOTING_CLASSES):
+        line += f": {diag.message_primary}"
+    objects = [
+        f"{what}={value}" for what, value in (
+            ("table", diag.table_name), ("column", diag.column_name), ("constraint", diag.constraint_name),
+            ("type", diag.datatype_name),
+        ) if value
+    ]
+    return line + (f" [{' '.join(objects)}]" if objects else "")
+
+
 @contextmanager
 def wrapped() -> Iterator[None]:
-    """Raise psycopg errors as DatabaseError (keeping the original as cause);
-    DatabaseUnavailable for the connection-class ones (a retry may succeed)."""
+    """Raise psycopg errors as DatabaseError (keeping the original as cause,
+    and its SQLSTATE), DatabaseUnavailable for the connection-class ones (a
+    retry may succeed), with a message that quotes no row values."""
     try:
         yield
     except psycopg.Error as exc:
         cls = DatabaseUnavailable if isinstance(exc, psycopg.OperationalError) else DatabaseError
-        raise cls(f"{type(exc).__name__}: {exc}") from exc
+        raise cls(describe(exc), sqlstate=exc.sqlstate) from exc
 
 
 def ping(conn: Conn) -> None:

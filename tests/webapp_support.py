@@ -25,7 +25,7 @@ JANE = "Jane Smith"  # credit score 753: passes every check
 
 
 def make_app(db_url: str, **config: Any) -> Flask:
-    return create_app({"TESTING": True, "DATABASE_URL": db_url, "SHARDS": 3, "API_KEYS": "", **config})
+    return create_app({"TESTING": True, "DATABASE_URL": db_url, "SHARDS": 3, **config})
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def document(auth_required: bool) -> dict[str, Any]:
         ],
         ref_template=_REF,
     )
-    security = [{"bearer": []}] if auth_required else []
+    security: list[dict[str, list[str]]] = [{"bearer": []}] if auth_required else []
     status = _json(_ref("StatusResponse"), "The workflow's state")
     item = "/api/loans/{workflowName}/{id}"
     paths = {

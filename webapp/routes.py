@@ -42,7 +42,6 @@ from webapp.schemas import (
 log = logging.getLogger("webapp")
 
 T = TypeVar("T")
-ENDED = ("completed", "failed", "cancelled")
 MANAGER_APPROVAL_SIGNAL = "manager-approval"
 
 api = Blueprint("api", __name__, url_prefix="/api/loans")
@@ -81,20 +80,55 @@ def _field_of(message: str) -> str | None:
 
 
 def decode_body(type_: type[T]) -> T:
-    """The request body as ``type_``, or an ApiError naming what is wrong."""
-    if request.content_type and not (request.mimetype == "application/json" or request.mimetype.endswith("+json")):
+    """The request body as ``type_``, or an ApiError naming what is wrong.
+
+    Only ``Content-Type: application/json`` is read (415 otherwise, a
+    missing one included): a cross-site form can post text/plain or a form
+    without a preflight, never JSON."""
+    if request.mimetype != "application/json":
+        sent = f"not {request.mimetype[:100]!r}" if request.mimetype else "none was sent"
         raise ApiError(415, "unsupported media type",
-                       f"send the body as JSON with Content-Type: application/json, not {request.mimetype!r}")
+                       f"send the body as JSON with Content-Type: application/json ({sent})")
     data = request.get_data(cache=False)  # at most MAX_BODY_BYTES + 1 bytes (see create_app)
     if len(data) > current_app.config["MAX_BODY_BYTES"]:
         raise RequestEntityTooLarge()
     try:
         return msgspec.json.decode(data, type=type_)
     except msgspec.ValidationError as exc:
-        raise ApiError(400, "invalid request body", str(exc), _field_of(str(exc))) from None
+        error = exc
     except msgspec.DecodeError as exc:
         detail = "the body is empty; send a JSON object" if not data.strip() else f"the body is not JSON: {exc}"
         raise ApiError(400, "malformed JSON", detail) from None
+    # The published schema (JSON Schema) counts 110.0 as an integer, which
+    # msgspec refuses for an int. The request bodies are flat objects: judge
+    # them again with their whole-number floats read as ints.
+    fields = _whole_floats_as_ints(data)
+    if fields is not None:
+        try:
+            return msgspec.convert(fields, type_, strict=True)
+        except msgspec.ValidationError as exc:
+            error = exc
+    raise ApiError(400, "invalid request body", str(error), _field_of(str(error)))
+
+
+def _whole_floats_as_ints(data: bytes) -> dict[str, Any] | None:
+    """The body's top-level fields with whole-number floats as ints, or None
+    when there are none (or the body is no object, or too deeply nested)."""
+    try:
+        fields = msgspec.json.decode(data, type=dict[str, Any])
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    whole = {k for k, v in fields.items() if isinstance(v, float) and v.is_integer()}
+    return {k: int(v) if k in whole else v for k, v in fields.items()} if whole else None
+
+
+def _request_field(path: str | None) -> str | None:
+    """The request field behind an engine value path: ``input.applicant_name``
+    (a start's input) and ``payload.comments`` (a signal's) are the request
+    fields ``applicant_name`` and ``comments``."""
+    if not path or "." not in path:
+        return None
+    return path.split(".", 1)[1] or None
 
 
 def target(workflow_name: str, workflow_id: str) -> tuple[str, UUID]:
@@ -121,7 +155,7 @@ def authenticate() -> None:
     if not client.auth_required:
         return
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-    tenant = client.tenant_for(key.strip()) if scheme.lower() == "bearer" else None
+    tenant = client.tenant_for(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
     if tenant is None:
         raise ApiError(401, "unauthorized", "send a valid API key as 'Authorization: Bearer <key>'",
                        headers={"WWW-Authenticate": 'Bearer realm="flows"'})
@@ -160,7 +194,11 @@ def get_result(workflow_name: str, workflow_id: str) -> Response:
 def submit_document(workflow_name: str, workflow_id: str) -> Response:
     """Deliver a document as signal ``document-<type>``. A document sent
     before the workflow asks for it waits until it does; one this loan never
-    asks for (proof of address up to $50,000) is refused, or it would wait forever."""
+    asks for (proof of address up to $50,000) is refused, or it would wait
+    forever. A loan takes one document of each type: the signal's
+    deduplication key is its type, so sending the same document again
+    stores nothing (200, the first signal's id) and another of that type is
+    refused (409), however many requests race."""
     name, wid = target(workflow_name, workflow_id)
     doc = decode_body(DocumentRequest)
     application = client.engine.query(name, wid, tenant_id=g.tenant_id).input
@@ -170,26 +208,39 @@ def submit_document(workflow_name: str, workflow_id: str) -> Response:
                        f" {', '.join(needed)} documents, not {doc.document_type!r}", "document_type")
     signal = f"document-{doc.document_type}"
     payload = DocumentSubmitted(doc.document_type, doc.document_id, _now())
-    signal_id = client.engine.send_signal(name, wid, signal, payload, tenant_id=g.tenant_id)
+    try:
+        signal_id = client.engine.send_signal(name, wid, signal, payload, tenant_id=g.tenant_id, dedup_key=signal)
+    except flows.DuplicateSignal as dup:
+        stored = dup.payload.get("document_id") if isinstance(dup.payload, dict) else None
+        if stored != doc.document_id:
+            raise ApiError(409, "document already submitted",
+                           f"this loan already has a {doc.document_type} document with another document_id;"
+                           " it takes one document of each type", "document_type") from None
+        again = f"Document {doc.document_type} already submitted"
+        return json_response(SignalResponse(wid, dup.signal_id, signal, again))
     return json_response(SignalResponse(wid, signal_id, signal, f"Document {doc.document_type} submitted"))
 
 
 @api.post("/<workflow_name>/<workflow_id>/approve")
 def approve(workflow_name: str, workflow_id: str) -> Response:
-    """Deliver the manager's review; 409 unless the workflow is waiting for
-    one (most applications are never reviewed, and a stray approval would
-    sit unconsumed forever)."""
+    """Deliver the manager's review, only while the workflow waits for one
+    that no earlier decision answers (decided in the statement that stores
+    it): one decision per review gets a 200, every other a 409. Most
+    applications are never reviewed, and a stray approval would otherwise
+    sit unconsumed forever."""
     name, wid = target(workflow_name, workflow_id)
     review = decode_body(ApprovalRequest)
-    status = client.engine.query(name, wid, tenant_id=g.tenant_id)
-    if status.status in ENDED:
-        raise ApiError(409, "workflow has ended", f"workflow {wid} is {status.status}; it takes no more signals")
-    if status.waiting_for != f"signal:{MANAGER_APPROVAL_SIGNAL}":
-        raise ApiError(409, "no review pending",
-                       f"workflow {wid} is not waiting for a manager approval"
-                       f" (waiting for: {status.waiting_for or 'nothing'})")
     payload = ManagerApproval(review.approver_role, review.approved, review.comments, _now())
-    signal_id = client.engine.send_signal(name, wid, MANAGER_APPROVAL_SIGNAL, payload, tenant_id=g.tenant_id)
+    try:
+        signal_id = client.engine.send_signal(name, wid, MANAGER_APPROVAL_SIGNAL, payload, tenant_id=g.tenant_id,
+                                              only_if_waiting=True)
+    except flows.SignalNotAwaited as exc:
+        if exc.pending_signal_id is not None:
+            raise ApiError(409, "review already submitted",
+                           f"workflow {wid} already has a manager decision ({exc.pending_signal_id});"
+                           " a review takes one") from None
+        raise ApiError(409, "no review pending", f"workflow {wid} is not waiting for a manager approval"
+                       f" (waiting for: {exc.waiting_for or 'nothing'})") from None
     verdict = "approval" if review.approved else "refusal"
     return json_response(SignalResponse(wid, signal_id, MANAGER_APPROVAL_SIGNAL, f"Manager {verdict} submitted"))
 
@@ -232,10 +283,23 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(flows.InvalidInput)
     def invalid(exc: flows.InvalidInput) -> Response:
-        return json_response(ErrorBody("invalid input", str(exc)), 400)
+        # A value of the request the engine refused to store (a NUL in a
+        # string): named as the request's field, not the engine's path.
+        field = _request_field(exc.path)
+        detail = str(exc).replace(exc.path, field, 1) if field and exc.path else str(exc)
+        return json_response(ErrorBody("invalid request body", detail, field), 400)
 
     @app.errorhandler(flows.DatabaseError)
     def database(exc: flows.DatabaseError) -> Response:
+        # The message names error classes and objects only (never row
+        # values): fit for the log. Class 22 is a value PostgreSQL refused,
+        # the client's doing; anything else is the database's state.
+        if exc.data_error:
+            log.warning("database-refused-value path=%s error=%s", request.path, exc)
+            return json_response(ErrorBody(
+                "invalid request body",
+                f"the database refused a value of this request ({type(exc.__cause__).__name__},"
+                f" SQLSTATE {exc.sqlstate})"), 400)
         log.error("database-error path=%s error=%s", request.path, exc)
         return json_response(ErrorBody("database unavailable", "the database did not answer; retry later"), 503)
 

@@ -104,13 +104,111 @@ def test_the_limit_is_exactly_64_kib(http: FlaskClient, size: int, status: int) 
     assert r.json["error"] == ("invalid request body" if status == 400 else "request body too large")
 
 
-def test_non_json_content_type_is_415(http: FlaskClient, db: psycopg.Connection[Any]) -> None:
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+     "application/jsonx", "application/problem+json", "text/json"],
+)
+def test_a_body_not_sent_as_application_json_is_415(
+    http: FlaskClient, db: psycopg.Connection[Any], content_type: str | None
+) -> None:
+    """A cross-site form can post text/plain or a form without a preflight,
+    and a request with no Content-Type at all: none of them is read."""
     before = row_counts(db)
-    check_error(http.post(BASE, data=GOOD), 415, "unsupported media type")  # a form post
-    check_error(http.post(BASE, data=json.dumps(GOOD), content_type="text/plain"), 415, "unsupported media type")
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    wid = "00000000-0000-0000-0000-000000000001"
+    for path in (BASE, f"{BASE}/loan-application/{wid}/documents", f"{BASE}/loan-application/{wid}/approve"):
+        r = http.post(path, data=json.dumps(GOOD), headers=headers)
+        check_error(r, 415, "unsupported media type", detail="Content-Type: application/json")
     assert row_counts(db) == before
-    # No Content-Type at all is read as JSON, like curl -d without -H.
-    assert http.post(BASE, data=json.dumps(GOOD), content_type="").status_code == 201
+    check_error(http.post(BASE, data=GOOD), 415, "unsupported media type")  # a form post
+    # The charset parameter is allowed (JSON is UTF-8 whatever it says).
+    r = http.post(BASE, data=json.dumps(GOOD), headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("", {**GOOD, "applicant_name": "Jane\u0000Smith"}, "applicant_name"),
+        ("", {**GOOD, "purpose": "\u0000"}, "purpose"),
+        ("/approve", {"approver_role": "manager", "approved": True, "comments": "ok\u0000"}, "comments"),
+    ],
+)
+def test_a_nul_character_is_400_naming_the_field(
+    http: FlaskClient, db: psycopg.Connection[Any], path: str, body: dict[str, Any], field: str
+) -> None:
+    """PostgreSQL cannot store NUL in text or jsonb: refused before any write."""
+    url = BASE
+    if path:
+        url = f"{BASE}/loan-application/{start_loan(http)}{path}"
+    before = row_counts(db)
+    raw = json.dumps(body)
+    assert "\\u0000" in raw  # the JSON escape of a NUL in the string
+    r = http.post(url, data=raw, content_type="application/json")
+    check_error(r, 400, "invalid request body", field, detail="NUL")
+    assert row_counts(db) == before
+
+
+def test_a_value_the_database_refuses_is_400_not_503(http: FlaskClient, db: psycopg.Connection[Any]) -> None:
+    """Any data error of PostgreSQL (SQLSTATE class 22) is the request's
+    fault: 400. A value the codec does not know PostgreSQL refuses is made
+    here by a trigger raising one; another class stays a 503."""
+    wid = start_loan(http)
+    db.execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " RAISE EXCEPTION 'value refused: %', NEW.payload USING ERRCODE = TG_ARGV[0]; END $$")
+    db.execute("CREATE TRIGGER refuse BEFORE INSERT ON signals FOR EACH ROW EXECUTE FUNCTION refuse('22P02')")
+    before = row_counts(db)
+    r = http.post(f"{BASE}/loan-application/{wid}/documents", json={"document_type": "identity",
+                                                                   "document_id": "DL-4242"})
+    check_error(r, 400, "invalid request body", detail="SQLSTATE 22P02")
+    assert "DL-4242" not in r.json["detail"]
+    assert row_counts(db) == before
+    db.execute("DROP TRIGGER refuse ON signals")
+    db.execute("CREATE TRIGGER refuse BEFORE INSERT ON signals FOR EACH ROW EXECUTE FUNCTION refuse('53100')")
+    r = http.post(f"{BASE}/loan-application/{wid}/documents", json={"document_type": "identity",
+                                                                   "document_id": "DL-4242"})
+    check_error(r, 503, "database unavailable")
+
+
+@pytest.mark.parametrize("amount", [110.0, 75000.0, 1e2, 10_000_000.0])
+def test_a_whole_number_float_is_an_integer_as_the_schema_says(
+    http: FlaskClient, db: psycopg.Connection[Any], amount: float
+) -> None:
+    """JSON Schema counts 110.0 as an integer: so does the API."""
+    r = http.post(BASE, data=json.dumps({**GOOD, "amount": amount}), content_type="application/json")
+    assert r.status_code == 201, r.json
+    stored = db.execute("SELECT input->'amount' FROM workflows WHERE id = %s", (r.json["workflow_id"],)).fetchone()
+    assert stored == (int(amount),)
+
+
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        (b'{"applicant_name": "Jane", "amount": 110.5, "purpose": "p"}', "got `float`"),
+        (b'{"applicant_name": "Jane", "amount": 1e300, "purpose": "p"}', "<= 10000000"),
+        (b'{"applicant_name": 1.0, "amount": 110.0, "purpose": "p"}', "Expected `str`"),
+        (b'{"applicant_name": "Jane", "amount": 0.0, "purpose": "p"}', ">= 1"),
+    ],
+)
+def test_floats_that_are_no_valid_amount_are_still_refused(http: FlaskClient, raw: bytes, detail: str) -> None:
+    check_error(http.post(BASE, data=raw, content_type="application/json"), 400, "invalid request body",
+                detail=detail)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 32_000 + b"]" * 32_000,
+        b'{"applicant_name": ' + b"[" * 30_000 + b"]" * 30_000 + b', "amount": 1.0, "purpose": "p"}',
+        b'{"a": ' * 9_000 + b"1" + b"}" * 9_000,
+    ],
+)
+def test_deeply_nested_bodies_are_400(http: FlaskClient, raw: bytes) -> None:
+    r = http.post(BASE, data=raw, content_type="application/json")
+    assert r.status_code == 400, r.data[:200]
+    assert r.mimetype == "application/json"
 
 
 @pytest.mark.parametrize(
@@ -173,6 +271,25 @@ def test_unknown_routes_and_methods_are_json(http: FlaskClient) -> None:
     check_error(r, 405, "method not allowed")
     assert "POST" in r.headers["Allow"]
     check_error(http.put(f"{BASE}/loan-application/{NIL}"), 405, "method not allowed")
+
+
+def test_every_answer_of_the_app_is_json(app: Any, http: FlaskClient) -> None:
+    """Every route, with every method (OPTIONS and HEAD included), answers
+    with a JSON body; OPTIONS lists the methods the route takes."""
+    paths = [_example(rule.rule) for rule in app.url_map.iter_rules()] + ["/", "/nothing", f"{BASE}/x/y/z"]
+    for path in paths:
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"):
+            r = http.open(path, method=method)
+            assert r.mimetype == "application/json", (method, path, r.status_code, r.mimetype)
+            if method != "HEAD":
+                json.loads(r.data)
+    r = http.options(BASE)
+    assert r.status_code == 200 and r.json == {"allow": ["OPTIONS", "POST"]}
+    assert r.headers["Allow"] == "OPTIONS, POST"
+
+
+def _example(rule: str) -> str:
+    return rule.replace("<workflow_name>", "loan-application").replace("<workflow_id>", NIL)
 
 
 def test_start_response_matches_the_spec(http: FlaskClient, db: psycopg.Connection[Any]) -> None:
