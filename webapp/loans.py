@@ -49,9 +49,24 @@ DOCUMENT_TYPES = ("identity", "income", "address")  # the order they are awaited
 TRANSACTION_NAMESPACE = uuid.UUID("6f1d3a52-8f0e-4c8e-9a55-0b6a3c1c2d7e")
 
 DocumentType = Literal["identity", "income", "address"]
-ApplicantName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
+# Patterns mean the same to msgspec (Python's re) and to JSON Schema tools
+# (ECMA-262 regular expressions), so the published schema and the decoder
+# agree: whitespace is spelled out (each engine's \s differs: \x1c-\x1f,
+# \ufeff), and "(?!\n)$" keeps Python's $ from matching before a final newline.
+_BLANK = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+VISIBLE_TEXT = rf"^[{_BLANK}]*[^\x00{_BLANK}][^\x00]*$"  # some non-blank character, and no NUL
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL stores no NUL in text or jsonb
+
+ApplicantName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=VISIBLE_TEXT)]
 Amount = Annotated[int, msgspec.Meta(gt=0, le=MAX_AMOUNT, description="whole dollars")]
-DocumentId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
+DOCUMENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._/-]*(?!\n)$"
+PATTERN_MEANINGS = {  # for error messages: what a value failing each pattern lacks
+    VISIBLE_TEXT: "text with a non-blank character and no NUL (\\u0000)",
+    NO_NUL: "text without NUL (\\u0000)",
+    DOCUMENT_ID: "letters, digits and . _ / - only, starting with a letter or digit",
+}
+
+DocumentId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=DOCUMENT_ID)]
 
 
 # -- what the workflow takes, receives and returns ----------------------------
@@ -62,7 +77,7 @@ class LoanApplication(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     applicant_name: ApplicantName
     amount: Amount
-    purpose: Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=r"\S")]
+    purpose: Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=VISIBLE_TEXT)]
 
 
 class DocumentSubmitted(msgspec.Struct, frozen=True):

@@ -22,6 +22,7 @@ from webapp import openapi
 from webapp.extension import client
 from webapp.loans import (
     DOCUMENT_TYPES,
+    PATTERN_MEANINGS,
     WORKFLOW_NAME,
     DocumentSubmitted,
     ManagerApproval,
@@ -108,7 +109,14 @@ def decode_body(type_: type[T]) -> T:
             return msgspec.convert(fields, type_, strict=True)
         except msgspec.ValidationError as exc:
             error = exc
-    raise ApiError(400, "invalid request body", str(error), _field_of(str(error)))
+    raise ApiError(400, "invalid request body", _readable(str(error)), _field_of(str(error)))
+
+
+def _readable(message: str) -> str:
+    """msgspec's message with a pattern replaced by what it means."""
+    for pattern, meaning in PATTERN_MEANINGS.items():
+        message = message.replace(f"`str` matching regex {pattern!r}", meaning)
+    return message
 
 
 def _whole_floats_as_ints(data: bytes) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import msgspec
 
-from webapp.loans import DocumentId, DocumentType, LoanApplication, LoanDecision
+from webapp.loans import NO_NUL, DocumentId, DocumentType, LoanApplication, LoanDecision
 
 __all__ = [
     "ApprovalRequest",
@@ -37,7 +37,7 @@ class ApprovalRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     approver_role: Literal["manager"]
     approved: bool
-    comments: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    comments: Annotated[str, msgspec.Meta(max_length=2000, pattern=NO_NUL)] = ""
 
 
 class StartResponse(msgspec.Struct, frozen=True):

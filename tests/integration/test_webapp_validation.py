@@ -150,6 +150,21 @@ def test_a_nul_character_is_400_naming_the_field(
     assert row_counts(db) == before
 
 
+def test_a_value_the_engine_refuses_is_400_naming_the_request_field(
+    http: FlaskClient, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind the decoder, the engine refuses a NUL itself (InvalidInput with
+    the value's path, before any write): the answer names the request field."""
+    from webapp import routes
+    from webapp.schemas import LoanApplication
+
+    monkeypatch.setattr(routes, "decode_body", lambda type_: LoanApplication("Jane\0Smith", 75_000, "renovation"))
+    before = row_counts(db)
+    check_error(http.post(BASE, json=GOOD), 400, "invalid request body", "applicant_name", detail="NUL")
+    assert "input." not in http.post(BASE, json=GOOD).json["detail"]
+    assert row_counts(db) == before
+
+
 def test_a_value_the_database_refuses_is_400_not_503(http: FlaskClient, db: psycopg.Connection[Any]) -> None:
     """Any data error of PostgreSQL (SQLSTATE class 22) is the request's
     fault: 400. A value the codec does not know PostgreSQL refuses is made
