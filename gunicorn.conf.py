@@ -1,14 +1,27 @@
 """gunicorn settings for the loan API (``gunicorn -c gunicorn.conf.py webapp.wsgi:app``).
 
 Each worker process opens its own database pool on its first request.
+
+The worker class is gevent by default: every connection is a greenlet, so a
+client that sends its request slowly (a header line a second) holds a
+greenlet and a socket, not one of a few threads, and is cut off once it has
+taken ``keepalive`` seconds over its request headers; ``/healthz`` and
+everyone else are still served (loadtest/slowclients.py measures it). Database calls
+yield too (psycopg waits cooperatively once gevent has patched the process);
+at most ``FLOWS_POOL_SIZE`` run at once per process, and a request that
+cannot get a connection within ``FLOWS_POOL_TIMEOUT`` gets a 503.
+``FLOWS_WEB_WORKER_CLASS=gthread`` serves with threads instead
+(``FLOWS_WEB_THREADS`` per process), which a slow client can starve.
 """
 
 import os
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8181')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
-threads = int(os.environ.get("FLOWS_WEB_THREADS", "4"))
+worker_class = os.environ.get("FLOWS_WEB_WORKER_CLASS", "gevent")
+worker_connections = int(os.environ.get("FLOWS_WEB_CONNECTIONS", "1000"))  # per process (gevent)
+threads = int(os.environ.get("FLOWS_WEB_THREADS", "4"))  # per process (gthread)
+keepalive = 5  # seconds an idle kept-alive connection stays open; gevent: also for a request's headers
 timeout = 30
 graceful_timeout = 10
 accesslog = "-"
