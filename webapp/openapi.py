@@ -32,9 +32,11 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "Malformed JSON, a field of the wrong type or out of range, or a malformed id",
         401: "Missing or unknown API key (only when FLOWS_API_KEYS is set)",
         404: "Unknown workflow name, or no such workflow for this tenant",
-        409: "The workflow has ended, or does not need this document (or, for /approve, is not waiting for a review)",
+        409: "The workflow has ended; or (/documents) it does not need this document type, or already has one of"
+             " it with another document_id; or (/approve) it is not waiting for a review, or a decision was"
+             " already submitted",
         413: "Body larger than the limit (64 KiB by default)",
-        415: "Body sent with a Content-Type other than JSON",
+        415: "Body sent without Content-Type: application/json",
         503: "The database is unreachable",
     }
     return {str(code): _json(_ref("ErrorBody"), reasons[code]) for code in codes}
@@ -91,9 +93,11 @@ def document(auth_required: bool) -> dict[str, Any]:
             "post": {
                 "operationId": "submitDocument",
                 "summary": "Submit a document (signal document-<type>); kept until the workflow asks for it",
+                "description": "One document of each type per loan: the same document_id again is answered 200"
+                               " with the first signal's id and stores nothing; another of that type is a 409.",
                 "security": security, "requestBody": _body("DocumentRequest"),
                 "responses": {
-                    "200": _json(_ref("SignalResponse"), "Signal stored"),
+                    "200": _json(_ref("SignalResponse"), "Signal stored (or this very document was already)"),
                     **_errors(400, 401, 404, 409, 413, 415, 503),
                 },
             },
@@ -103,6 +107,8 @@ def document(auth_required: bool) -> dict[str, Any]:
             "post": {
                 "operationId": "approveLoan",
                 "summary": "Submit the manager review (signal manager-approval) the workflow waits for",
+                "description": "Stored only while the workflow waits for a review that no earlier decision"
+                               " answers: of any number of decisions, one is answered 200, every other 409.",
                 "security": security, "requestBody": _body("ApprovalRequest"),
                 "responses": {
                     "200": _json(_ref("SignalResponse"), "Signal stored"),
