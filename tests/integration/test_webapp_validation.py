@@ -288,10 +288,13 @@ def test_unknown_routes_and_methods_are_json(http: FlaskClient) -> None:
     check_error(http.put(f"{BASE}/loan-application/{NIL}"), 405, "method not allowed")
 
 
-def test_every_answer_of_the_app_is_json(app: Any, http: FlaskClient) -> None:
-    """Every route, with every method (OPTIONS and HEAD included), answers
-    with a JSON body; OPTIONS lists the methods the route takes."""
-    paths = [_example(rule.rule) for rule in app.url_map.iter_rules()] + ["/", "/nothing", f"{BASE}/x/y/z"]
+def test_every_answer_of_the_api_is_json(app: Any, http: FlaskClient) -> None:
+    """Every route of the API (the console's HTML pages aside), with every
+    method (OPTIONS and HEAD included), and unknown paths, answer with a JSON
+    body; OPTIONS lists the methods the route takes."""
+    api_rules = [rule for rule in app.url_map.iter_rules() if rule.endpoint.split(".")[0] in ("api", "meta")]
+    assert len(api_rules) >= 7
+    paths = [_example(rule.rule) for rule in api_rules] + ["/", "/nothing", f"{BASE}/x/y/z", "/api"]
     for path in paths:
         for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"):
             r = http.open(path, method=method)
