@@ -199,8 +199,8 @@ class ActivityRunner:
                     handed = True
                     return
                 next_task = self._attempt(next_task)
-        except Exception:  # noqa: BLE001 - never lose the slot
-            log.exception("activity-record-failed name=%s id=%s", task.name, task.activity_id)
+        except Exception as exc:  # noqa: BLE001 - never lose the slot
+            store.log_error(log, logging.ERROR, "activity-record-failed", exc, name=task.name, id=task.activity_id)
         finally:
             if not handed:
                 self.release(1)
@@ -218,8 +218,8 @@ class ActivityRunner:
                     handed = True
                     return
                 next_task = await self._attempt_async(next_task)
-        except Exception:  # noqa: BLE001 - never lose the slot
-            log.exception("activity-record-failed name=%s id=%s", task.name, task.activity_id)
+        except Exception as exc:  # noqa: BLE001 - never lose the slot
+            store.log_error(log, logging.ERROR, "activity-record-failed", exc, name=task.name, id=task.activity_id)
         finally:
             if not handed:
                 self.release(1)
@@ -446,8 +446,9 @@ class ActivityRunner:
         try:
             self._record(Attempt(task, running.definition, None, error, now - running.started, running.details),
                          None)  # its slot stays busy until the thread returns
-        except Exception:  # noqa: BLE001 - the lease runs out and another worker records it
-            log.exception("activity-timeout-record-failed name=%s id=%s", task.name, task.activity_id)
+        except Exception as exc:  # noqa: BLE001 - the lease runs out and another worker records it
+            store.log_error(log, logging.ERROR, "activity-timeout-record-failed", exc, name=task.name,
+                            id=task.activity_id)
 
     # -- recording ------------------------------------------------------------------
 

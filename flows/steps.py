@@ -441,7 +441,9 @@ class StepWriter:
     @staticmethod
     def _end(step: store.Step, status: str, output: bytes | None, error: str | None) -> None:
         if status == "failed":
-            log.warning("workflow-failed shard=%s id=%s error=%s", step.shard, step.workflow_id, error)
+            # The class only: the message is the workflow's own and may hold its data (it is in workflows.error).
+            log.warning("workflow-failed shard=%s id=%s error=%s", step.shard, step.workflow_id,
+                        (error or "").split(":", 1)[0])
             step.error = codec.text(error or "")
             step.dlq_id = uuid6.uuid7()
             step.end_event = store.event(0, history.WorkflowFailed(step.error))

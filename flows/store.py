@@ -203,6 +203,16 @@ def describe(exc: BaseException) -> str:
     return line + (f" [{' '.join(objects)}]" if objects else "")
 
 
+def log_error(logger: logging.Logger, level: int, event: str, exc: BaseException, **ids: Any) -> None:
+    """Log a failure with ids and its class, never its payload: a database
+    error as ``describe`` puts it (no row values), anything else with its
+    traceback (our own code's errors)."""
+    fields = " ".join(f"{k}={v}" for k, v in ids.items())
+    database = isinstance(exc, psycopg.Error)
+    logger.log(level, "%s %s error=%s", event, fields, describe(exc) if database else type(exc).__name__,
+               exc_info=None if database else exc)
+
+
 @contextmanager
 def wrapped() -> Iterator[None]:
     """Raise psycopg errors as DatabaseError (keeping the original as cause,

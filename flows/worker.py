@@ -345,8 +345,10 @@ class Worker:
         except (Exception, ReplayOverBudget) as exc:  # noqa: BLE001 - the database went away, or a bug: back off
             self._replay_failures += 1
             transient = isinstance(exc, store.TRANSIENT_ERRORS)
-            log.log(logging.WARNING if transient else logging.ERROR, "replay-failed owner=%s error=%s",
-                    self.owner, type(exc).__name__, exc_info=not transient)
+            if transient:
+                log.warning("replay-failed owner=%s error=%s", self.owner, type(exc).__name__)
+            else:
+                store.log_error(log, logging.ERROR, "replay-failed", exc, owner=self.owner)
             self._stopping.wait(min(RECONNECT_MAX_SECONDS, 0.05 * 2 ** self._replay_failures))
         finally:
             with self._lock:
@@ -496,7 +498,7 @@ class Worker:
         way the workflow fails alone, never stalling its shard."""
         wf = state.workflow
         key = (wf.name, wf.id)
-        if refused_by_database(exc):
+        if refused_by_database(exc):  # its primary message goes to the workflow's error, not to the log
             diag = getattr(exc, "diag", None)
             why = (f"the database refused this step: {type(exc).__name__} ({getattr(exc, 'sqlstate', '')}):"
                    f" {diag.message_primary if diag is not None else ''}")
@@ -507,14 +509,17 @@ class Worker:
         else:
             why = f"recording this step failed: {type(exc).__name__}: {exc}"
             failures = self._step_failures.get(key, 0) + 1
-        log.error("step-failed shard=%s id=%s failures=%s error=%s", wf.name, wf.id, failures, type(exc).__name__,
-                  exc_info=not refused_by_database(exc) and not isinstance(exc, ReplayOverBudget))
+        if isinstance(exc, ReplayOverBudget):
+            log.error("step-failed shard=%s id=%s failures=%s error=ReplayOverBudget", wf.name, wf.id, failures)
+        else:
+            store.log_error(log, logging.ERROR, "step-failed", exc, shard=wf.name, id=wf.id, failures=failures)
         if failures < STEP_FAILURES_BEFORE_FAILING:
             self._step_failures[key] = failures
             return
         self._step_failures.pop(key, None)
         if self.steps.fail(conn, wf.name, wf.id, codec.text(why)):
-            log.warning("workflow-failed-by-step shard=%s id=%s error=%s", wf.name, wf.id, why)
+            log.warning("workflow-failed-by-step shard=%s id=%s error=%s", wf.name, wf.id,
+                        store.describe(exc) if not isinstance(exc, ReplayOverBudget) else "ReplayOverBudget")
 
     # -- shutdown ---------------------------------------------------------------
 

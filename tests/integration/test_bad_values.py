@@ -115,15 +115,17 @@ def test_a_value_over_the_size_limit_is_refused(engine: Engine, db: psycopg.Conn
 
 def test_a_step_the_database_refuses_fails_that_workflow_alone(
     engine: Engine, db: psycopg.Connection[Any], start_worker: Callable[..., Worker],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Should a value get past the codec, PostgreSQL's refusal (SQLSTATE 22)
     fails the workflow in a transaction of its own instead of the step being
-    retried in place for ever while the shard's other tasks wait."""
+    retried in place for ever while the shard's other tasks wait; the logs
+    name the error's class, never the value."""
+    caplog.set_level(logging.DEBUG)
     monkeypatch.setattr(codec, "_NUL_ESCAPE", re.compile(b"(?!x)x"))  # the codec's check, gone
     shard = engine.shard_of(bad_output.name, uuid6.uuid7())
     bad_id, *good_ids = ids_on(engine, bad_output.name, shard, 6)
-    bad = engine.start(bad_output, "a~b", workflow_id=bad_id)
+    bad = engine.start(bad_output, "Zebulon Secretname~b", workflow_id=bad_id)
     good = [engine.start(bad_output, f"fine {n}", workflow_id=wid) for n, wid in enumerate(good_ids)]
     start_worker([bad_output], [])
     with pytest.raises(flows.WorkflowFailed) as failed:
@@ -133,6 +135,8 @@ def test_a_step_the_database_refuses_fails_that_workflow_alone(
         assert engine.result(run.workflow_name, run.workflow_id, timeout=5) == f"fine {n}"
     assert [wid for wid, _ in dead_letters(db)] == [bad.workflow_id]
     assert db.execute("SELECT count(*) FROM task_queue").fetchone() == (0,)
+    logged = "\n".join(caplog.text.splitlines() + [r.getMessage() for r in caplog.records])
+    assert "step-failed" in logged and "Zebulon" not in logged
 
 
 def test_a_replay_past_its_budget_is_abandoned_and_fails_when_it_repeats(
@@ -177,3 +181,21 @@ def test_a_backlog_is_claimed_in_batches_and_a_refused_step_still_fails_alone(
     assert batches and max(batches) > 1
     assert any("claim-batch-failed" in r.getMessage() for r in caplog.records)
     assert [wid for wid, _ in dead_letters(db)] == [runs[12].workflow_id]
+
+
+@flows.workflow("bad-raises")
+def raises_with_data(ctx: flows.WorkflowContext, name: str) -> str:
+    raise ValueError(f"customer {name} is not allowed")
+
+
+def test_logs_name_the_failure_and_the_ids_never_the_data(
+    engine: Engine, start_worker: Callable[..., Worker], caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    start_worker([raises_with_data], [])
+    run = engine.start(raises_with_data, "Zebulon Secretname")
+    with pytest.raises(flows.WorkflowFailed, match="customer Zebulon Secretname is not allowed"):  # kept for the user
+        engine.result(run.workflow_name, run.workflow_id, timeout=10)
+    failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("workflow-failed")]
+    assert failed == [f"workflow-failed shard={run.workflow_name_sharded} id={run.workflow_id} error=ValueError"]
+    assert "Zebulon" not in caplog.text
