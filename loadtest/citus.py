@@ -1,0 +1,239 @@
+"""A local Citus cluster for tests and load tests: a coordinator and two
+worker nodes on loopback, each a PostgreSQL server with its own data folder
+and port, started from an installed Citus (docs/citus.md says how to build it).
+
+    python -m loadtest.citus start    # start (or find running); print the URLs
+    python -m loadtest.citus status   # print the URLs; exit 3 unless all nodes run
+    python -m loadtest.citus stop
+
+``start`` also prepares a database (``flows`` by default) on every node with
+the ``citus`` extension and the workers registered with the coordinator, so
+``DATABASE_URL`` (or ``FLOWS_TEST_CITUS``) can name the coordinator's URL
+as printed. PostgreSQL refuses to run as root: run as root, the servers run
+as ``--user`` (default ``postgres``, the user Debian's packages create).
+The nodes trust every loopback connection: a development cluster only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "results" / "citus"
+DEFAULT_PORT = 9700  # coordinator; the workers take the next ports
+DEFAULT_DATABASE = "flows"
+DEFAULT_USER = "postgres"
+PG_BIN_ENV = "FLOWS_CITUS_PG_BIN"
+HOST = "127.0.0.1"
+WORKERS = 2
+EXIT_NOT_RUNNING = 3
+START_TIMEOUT_SECONDS = 60
+# citus first (it must be); pg_stat_statements for counting statements and
+# PREPARE TRANSACTIONs; logical WAL for shard moves (rebalancing);
+# max_prepared_transactions > 0 for Citus' two-phase commits.
+SETTINGS = {
+    "listen_addresses": f"'{HOST}'",
+    "unix_socket_directories": "''",
+    "shared_preload_libraries": "'citus,pg_stat_statements'",
+    "max_connections": "300",
+    "max_prepared_transactions": "200",
+    "wal_level": "logical",
+    "fsync": "off",  # a throw-away cluster; loadtest figures note it
+}
+
+
+@dataclass(frozen=True)
+class Node:
+    role: str  # "coordinator" or "worker"
+    name: str  # the data folder's name
+    port: int
+    folder: Path
+
+    def url(self, database: str, user: str) -> str:
+        return f"postgresql://{user}@{HOST}:{self.port}/{database}"
+
+
+def nodes(data_dir: Path, port: int) -> list[Node]:
+    coordinator = Node("coordinator", "coordinator", port, data_dir / "coordinator")
+    workers = [Node("worker", f"worker{i}", port + i, data_dir / f"worker{i}") for i in range(1, WORKERS + 1)]
+    return [coordinator, *workers]
+
+
+def find_pg_bin() -> Path:
+    """The bin folder of a PostgreSQL whose library folder holds citus.so:
+    $FLOWS_CITUS_PG_BIN, else the newest of Debian's /usr/lib/postgresql/*."""
+    if os.environ.get(PG_BIN_ENV):
+        return Path(os.environ[PG_BIN_ENV])
+    found = []
+    for pg_config in Path("/usr/lib/postgresql").glob("*/bin/pg_config"):
+        libdir = subprocess.run([str(pg_config), "--pkglibdir"], capture_output=True, text=True).stdout.strip()
+        if (Path(libdir) / "citus.so").exists():
+            found.append(pg_config.parent)
+    if not found:
+        raise SystemExit(f"no PostgreSQL with Citus installed (set {PG_BIN_ENV}); see docs/citus.md to build it")
+    return max(found, key=lambda p: int(p.parent.name))
+
+
+class Runner:
+    """Runs the PostgreSQL programs as the server's user (not root)."""
+
+    def __init__(self, pg_bin: Path, user: str) -> None:
+        self.pg_bin = pg_bin
+        self.as_root = os.geteuid() == 0
+        self.user = user if self.as_root else pwd.getpwuid(os.geteuid()).pw_name
+
+    def run(self, program: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+        extra: dict[str, Any] = {}
+        if self.as_root:
+            entry = pwd.getpwnam(self.user)
+            # HOME too: the servers' libpq (Citus' connections between nodes)
+            # reads ~/.postgresql, which must not be root's.
+            extra = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [],
+                     "env": {**os.environ, "HOME": entry.pw_dir, "USER": self.user, "LOGNAME": self.user}}
+        return subprocess.run([str(self.pg_bin / program), *args], cwd=cwd, capture_output=True, text=True,
+                              check=check, **extra)
+
+    def own(self, path: Path) -> None:
+        if self.as_root:
+            shutil.chown(path, self.user, pwd.getpwnam(self.user).pw_gid)
+
+
+def is_running(runner: Runner, node: Node) -> bool:
+    if not (node.folder / "PG_VERSION").exists():
+        return False
+    return runner.run("pg_ctl", "status", "-D", str(node.folder), cwd=node.folder, check=False).returncode == 0
+
+
+def _init(runner: Runner, node: Node) -> None:
+    node.folder.mkdir(parents=True, exist_ok=True)
+    runner.own(node.folder)
+    node.folder.chmod(0o700)
+    runner.run("initdb", "-D", str(node.folder), "-U", runner.user, "--auth=trust", "--encoding=UTF8",
+               "--locale=C.UTF-8", cwd=node.folder)
+    with open(node.folder / "postgresql.conf", "a") as conf:
+        conf.write("\n# loadtest.citus\n")
+        for name, value in {**SETTINGS, "port": str(node.port)}.items():
+            conf.write(f"{name} = {value}\n")
+
+
+def _start_node(runner: Runner, node: Node) -> None:
+    if not (node.folder / "PG_VERSION").exists():
+        _init(runner, node)
+    if is_running(runner, node):
+        return
+    out = runner.run("pg_ctl", "start", "-w", "-t", str(START_TIMEOUT_SECONDS), "-D", str(node.folder),
+                     "-l", str(node.folder / "server.log"), cwd=node.folder, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{node.name} did not start ({out.returncode}): {out.stderr.strip() or out.stdout.strip()};"
+                         f" see {node.folder / 'server.log'}")
+
+
+def _connect(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(url, autocommit=True)
+
+
+def create_database(coordinator: str, workers: Sequence[str], name: str) -> str:
+    """Create database ``name`` on the coordinator and on every worker node
+    (given by any URL of theirs), with the ``citus`` extension in each and the
+    workers registered with the coordinator's; return its coordinator URL.
+    Citus 12.1 propagates neither CREATE DATABASE nor node registration:
+    each database is a cluster of its own."""
+    for url in (coordinator, *workers):
+        with _connect(url) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        with _connect(make_conninfo(url, dbname=name)) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
+    url = make_conninfo(coordinator, dbname=name)
+    with _connect(url) as conn:
+        info = conninfo_to_dict(coordinator)
+        conn.execute("SELECT citus_set_coordinator_host(%s, %s)", (info.get("host", HOST), int(info.get("port", 5432))))
+        known = set(conn.execute("SELECT nodename, nodeport FROM pg_dist_node").fetchall())
+        for worker in workers:
+            w = conninfo_to_dict(worker)
+            host, port = str(w.get("host", HOST)), int(w.get("port", 5432))
+            if (host, port) not in known:
+                conn.execute("SELECT citus_add_node(%s, %s)", (host, port))
+    return url
+
+
+def drop_database(coordinator: str, workers: Sequence[str], name: str) -> None:
+    """Drop database ``name`` on every node, the coordinator's first (FORCE
+    ends its sessions and with them its connections to the workers')."""
+    for url in (coordinator, *workers):
+        with _connect(url) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def worker_urls(coordinator: str) -> list[str]:
+    """The worker nodes registered in the coordinator database of
+    ``coordinator``, as URLs of the same database and user."""
+    with _connect(coordinator) as conn:
+        rows = conn.execute(
+            "SELECT nodename, nodeport FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0"
+            " ORDER BY nodeid").fetchall()
+    return [make_conninfo(coordinator, host=host, port=port) for host, port in rows]
+
+
+def start(data_dir: Path, port: int, runner: Runner, database: str) -> list[str]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cluster = nodes(data_dir, port)
+    for node in cluster:
+        _start_node(runner, node)
+    admin = [node.url("postgres", runner.user) for node in cluster]
+    create_database(admin[0], admin[1:], database)
+    return [node.url(database, runner.user) for node in cluster]
+
+
+def stop(data_dir: Path, port: int, runner: Runner) -> None:
+    # Workers first: a coordinator stopping first would only log lost connections.
+    for node in reversed(nodes(data_dir, port)):
+        if is_running(runner, node):
+            runner.run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(node.folder), cwd=node.folder)
+
+
+def print_urls(cluster: list[Node], urls: list[str]) -> None:
+    for node, url in zip(cluster, urls):
+        print(f"{node.role} {url}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.citus", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["start", "stop", "status"])
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                   help="the nodes' data folders go under it (default %(default)s)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"the coordinator's port; the workers take the next {WORKERS} (default %(default)s)")
+    p.add_argument("--database", default=DEFAULT_DATABASE, help="the database start prepares (default %(default)s)")
+    p.add_argument("--user", default=DEFAULT_USER, help="the servers' user when run as root (default %(default)s)")
+    args = p.parse_args(argv)
+    data_dir = args.data_dir.resolve()
+    runner = Runner(find_pg_bin(), args.user)
+    cluster = nodes(data_dir, args.port)
+    if args.command == "start":
+        print_urls(cluster, start(data_dir, args.port, runner, args.database))
+        return 0
+    if args.command == "stop":
+        stop(data_dir, args.port, runner)
+        return 0
+    running = [is_running(runner, node) for node in cluster]
+    for node, up in zip(cluster, running):
+        print(f"{node.role} {node.url(args.database, runner.user)} {'running' if up else 'stopped'}")
+    return 0 if all(running) else EXIT_NOT_RUNNING
+
+
+if __name__ == "__main__":
+    sys.exit(main())
