@@ -117,6 +117,13 @@ def apply(conn: psycopg.Connection, directory: Path | None = None) -> list[str]:
     applied: list[str] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        # On Citus, one connection per node for the whole transaction: DDL
+        # and function propagation after a parallel multi-shard operation (a
+        # table's rows copied into its shards) are refused otherwise.
+        conn.execute(
+            "SELECT set_config('citus.multi_shard_modify_mode', 'sequential', true)"
+            " FROM pg_extension WHERE extname = 'citus'"
+        )
         found, state = _compare(conn, files)
         if found.changed:
             raise _refuse(found.changed, directory)

@@ -22,9 +22,11 @@ import pwd
 import shutil
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import psycopg
 from psycopg import sql
@@ -36,18 +38,23 @@ DEFAULT_DATABASE = "flows"
 DEFAULT_USER = "postgres"
 PG_BIN_ENV = "FLOWS_CITUS_PG_BIN"
 HOST = "127.0.0.1"
+SETTINGS_FILE = "loadtest_citus.conf"  # included by each node's postgresql.conf; rewritten by start
 WORKERS = 2
 EXIT_NOT_RUNNING = 3
 START_TIMEOUT_SECONDS = 60
+CLOSE_TIMEOUT_SECONDS = 30
+CLOSE_POLL_SECONDS = 0.05
 # citus first (it must be); pg_stat_statements for counting statements and
 # PREPARE TRANSACTIONs; logical WAL for shard moves (rebalancing);
-# max_prepared_transactions > 0 for Citus' two-phase commits.
+# max_prepared_transactions > 0 for Citus' two-phase commits; workers for
+# the maintenance daemon Citus runs in each database (tests make many).
 SETTINGS = {
     "listen_addresses": f"'{HOST}'",
     "unix_socket_directories": "''",
     "shared_preload_libraries": "'citus,pg_stat_statements'",
     "max_connections": "300",
     "max_prepared_transactions": "200",
+    "max_worker_processes": "64",  # Citus runs a maintenance worker per database that has it
     "wal_level": "logical",
     "fsync": "off",  # a throw-away cluster; loadtest figures note it
 }
@@ -122,16 +129,28 @@ def _init(runner: Runner, node: Node) -> None:
     runner.run("initdb", "-D", str(node.folder), "-U", runner.user, "--auth=trust", "--encoding=UTF8",
                "--locale=C.UTF-8", cwd=node.folder)
     with open(node.folder / "postgresql.conf", "a") as conf:
-        conf.write("\n# loadtest.citus\n")
-        for name, value in {**SETTINGS, "port": str(node.port)}.items():
-            conf.write(f"{name} = {value}\n")
+        conf.write(f"\ninclude_if_exists = '{SETTINGS_FILE}'\n")
+
+
+def _write_settings(runner: Runner, node: Node) -> bool:
+    """Write this script's settings for the node; True if they changed."""
+    path = node.folder / SETTINGS_FILE
+    text = "".join(f"{name} = {value}\n" for name, value in {**SETTINGS, "port": str(node.port)}.items())
+    if path.exists() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    runner.own(path)
+    return True
 
 
 def _start_node(runner: Runner, node: Node) -> None:
     if not (node.folder / "PG_VERSION").exists():
         _init(runner, node)
+    changed = _write_settings(runner, node)
     if is_running(runner, node):
-        return
+        if not changed:
+            return
+        runner.run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(node.folder), cwd=node.folder)
     out = runner.run("pg_ctl", "start", "-w", "-t", str(START_TIMEOUT_SECONDS), "-D", str(node.folder),
                      "-l", str(node.folder / "server.log"), cwd=node.folder, check=False)
     if out.returncode != 0:
@@ -169,12 +188,61 @@ def create_database(coordinator: str, workers: Sequence[str], name: str) -> str:
     return url
 
 
-def drop_database(coordinator: str, workers: Sequence[str], name: str) -> None:
-    """Drop database ``name`` on every node, the coordinator's first (FORCE
-    ends its sessions and with them its connections to the workers')."""
-    for url in (coordinator, *workers):
+def _each(urls: Sequence[str], action: Callable[[str], None]) -> None:
+    """Run ``action`` on each node at once (creating a database from a
+    template takes about as long on each)."""
+    with ThreadPoolExecutor(len(urls)) as pool:
+        list(pool.map(action, urls))
+
+
+def seal_template(coordinator: str, workers: Sequence[str], name: str) -> None:
+    """Make database ``name`` a template on every node: refuse connections
+    and end the sessions in it, which CREATE DATABASE ... TEMPLATE needs."""
+    _each([coordinator, *workers], lambda url: _close(url, name))
+
+
+def _close(url: str, name: str) -> None:
+    """Refuse connections to database ``name`` on this node and end the
+    sessions in it, Citus' maintenance daemon included: the nodes' daemons
+    connect to each other's database, and a connection arriving at a node
+    restarts its daemon, a background worker that neither CREATE DATABASE
+    ... TEMPLATE nor DROP DATABASE ... WITH (FORCE) waits for or ends."""
+    with _connect(url) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+        # A daemon being started as connections were refused can still come
+        # up: end sessions until none is left.
+        deadline = time.monotonic() + CLOSE_TIMEOUT_SECONDS
+        while conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+                           (name,)).fetchone() != (0,):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sessions in database {name} at {url} do not end")
+            time.sleep(CLOSE_POLL_SECONDS)
+
+
+def clone_database(coordinator: str, workers: Sequence[str], template: str, name: str) -> str:
+    """Create database ``name`` from the sealed ``template`` on every node;
+    return its coordinator URL. The copies stay one cluster: Citus' metadata
+    names nodes by host and port, and a node reaches the others' database
+    of its own name."""
+    def clone(url: str) -> None:
         with _connect(url) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                sql.Identifier(name), sql.Identifier(template)))
+    _each([coordinator, *workers], clone)
+    return make_conninfo(coordinator, dbname=name)
+
+
+def drop_database(coordinator: str, workers: Sequence[str], name: str) -> None:
+    """Drop database ``name`` on every node (connections refused and ended
+    on all of them first)."""
+    def drop(url: str) -> None:
+        with _connect(url) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    _each([coordinator, *workers], lambda url: _close(url, name))
+    _each([coordinator, *workers], drop)
 
 
 def worker_urls(coordinator: str) -> list[str]:
