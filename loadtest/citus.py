@@ -162,6 +162,11 @@ def _connect(url: str) -> psycopg.Connection[Any]:
     return psycopg.connect(url, autocommit=True)
 
 
+def _host_port(url: str) -> tuple[str, int]:
+    info = conninfo_to_dict(url)
+    return str(info.get("host") or HOST), int(str(info.get("port") or 5432))
+
+
 def create_database(coordinator: str, workers: Sequence[str], name: str) -> str:
     """Create database ``name`` on the coordinator and on every worker node
     (given by any URL of theirs), with the ``citus`` extension in each and the
@@ -177,14 +182,11 @@ def create_database(coordinator: str, workers: Sequence[str], name: str) -> str:
             conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
     url = make_conninfo(coordinator, dbname=name)
     with _connect(url) as conn:
-        info = conninfo_to_dict(coordinator)
-        conn.execute("SELECT citus_set_coordinator_host(%s, %s)", (info.get("host", HOST), int(info.get("port", 5432))))
+        conn.execute("SELECT citus_set_coordinator_host(%s, %s)", _host_port(coordinator))
         known = set(conn.execute("SELECT nodename, nodeport FROM pg_dist_node").fetchall())
         for worker in workers:
-            w = conninfo_to_dict(worker)
-            host, port = str(w.get("host", HOST)), int(w.get("port", 5432))
-            if (host, port) not in known:
-                conn.execute("SELECT citus_add_node(%s, %s)", (host, port))
+            if _host_port(worker) not in known:
+                conn.execute("SELECT citus_add_node(%s, %s)", _host_port(worker))
     return url
 
 
