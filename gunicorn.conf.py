@@ -30,3 +30,24 @@ loglevel = os.environ.get("FLOWS_LOG_LEVEL", "info").lower()
 # gunicorn >= 25 opens a control socket at one fixed path per user; several
 # servers on one machine (tests, a second checkout) would fight over it.
 control_socket_disable = True
+
+
+# Prometheus metrics (docs/metrics.md): each gunicorn worker writes its own
+# files in this server's directory, made fresh at start, and /metrics adds
+# them up; a dead worker's live gauges are dropped, its counts kept.
+def on_starting(server: object) -> None:
+    from flows import metrics
+
+    metrics.fresh_directory("web")  # before any worker forks: they inherit it
+
+
+def child_exit(server: object, worker: object) -> None:
+    from flows import metrics
+
+    metrics.process_dead(worker.pid)  # type: ignore[attr-defined]
+
+
+def on_exit(server: object) -> None:
+    from flows import metrics
+
+    metrics.remove_directory(os.environ.get(metrics.DIRECTORY_VARIABLE, ""))

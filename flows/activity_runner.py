@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from flows import codec, sharding, store
+from flows import codec, metrics, sharding, store
 from flows.context import ActivityContext
 from flows.definitions import DEFAULT_ACTIVITY_TIMEOUT_SECONDS, ActivityDefinition
 from flows.errors import ConfigurationError
@@ -458,6 +458,7 @@ class ActivityRunner:
         group commit: the first to come records at once; those arriving
         meanwhile wait for that, then go together). Returns the workflow's
         next activity when it was leased to ``lease_to`` (us)."""
+        metrics.attempt_ended(attempt.task.name, attempt.duration_seconds, attempt.error is not None)
         if RECORD_BATCH <= 1:
             return self._record_alone(attempt, lease_to)
         mine = _Pending(attempt, lease_to)

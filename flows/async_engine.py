@@ -12,7 +12,7 @@ import time
 from typing import Any
 from uuid import UUID
 
-from flows import sharding, store
+from flows import metrics, sharding, store
 from flows.definitions import WorkflowDefinition
 from flows.engine import (
     Execution,
@@ -42,6 +42,7 @@ class AsyncEngine:
 
     def __init__(self, dsn_or_pool: Any, shards: int | None = None, *, pool_size: int | None = None) -> None:
         self.shards, self.pool_size = settings(shards, pool_size)
+        metrics.enable()
         self._ours = isinstance(dsn_or_pool, str)
         if isinstance(dsn_or_pool, str):
             self.dsn = dsn_or_pool

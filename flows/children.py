@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-from flows import sharding, store
+from flows import metrics, sharding, store
 
 log = logging.getLogger("flows.worker")
 
@@ -68,4 +68,6 @@ def _carry_child(conn: store.Conn, task: store.Carry, info: store.ChildInfo) -> 
                           status="failed", output=None, error=error)
         store.child_carried(conn, task, None)
         return
+    if answer == "created":
+        metrics.workflow_started(sharding.base_name(info.child_name))
     store.child_carried(conn, task, "running")

@@ -21,7 +21,7 @@ from uuid import UUID
 import msgspec
 import uuid6
 
-from flows import codec, operations, schedules, sharding, store
+from flows import codec, metrics, operations, schedules, sharding, store
 from flows.definitions import WorkflowDefinition, find_workflow
 from flows.errors import (
     ConfigurationError,
@@ -146,6 +146,7 @@ class Engine:
         pool_timeout: float = POOL_TIMEOUT_SECONDS,
     ) -> None:
         self.shards, self.pool_size = settings(shards, pool_size)
+        metrics.enable()  # on in a process with a metrics directory (a gunicorn worker), else a no-op
         if not pool_timeout > 0:
             raise ConfigurationError(f"pool_timeout must be above 0 seconds, got {pool_timeout!r}")
         self.pool_timeout = float(pool_timeout)
@@ -605,7 +606,10 @@ def _check_timeout(timeout: object) -> None:
 def started(execution: Execution, answer: str) -> Execution:
     if answer == "taken":
         raise InvalidInput(f"workflow_id {execution.workflow_id} is already used", path="workflow_id")
-    return execution if answer == "created" else msgspec.structs.replace(execution, created=False)
+    if answer == "created":
+        metrics.workflow_started(execution.workflow_name)
+        return execution
+    return msgspec.structs.replace(execution, created=False)
 
 
 def _check_signal_name(signal_name: object) -> str:
@@ -749,4 +753,6 @@ def result_wait(name: str, wid: UUID, row: store.WorkflowRow | None, deadline: f
 def cancelled(name: str, wid: UUID, before: str | None) -> bool:
     if before is None:
         raise WorkflowNotFound(f"no workflow {name}/{wid}")
+    if before == "running":
+        metrics.workflow_cancelled(name)
     return before == "running"

@@ -17,7 +17,7 @@ import socket
 import threading
 from typing import Any, Callable
 
-from flows import store
+from flows import metrics, store
 
 log = logging.getLogger("flows.worker")
 
@@ -93,6 +93,7 @@ class Heartbeat:
     def _release_stale(self, conn: Any) -> None:
         for owner, released in store.release_stale_workers(conn, self.stale_seconds, [self.owner]):
             log.warning("stale-worker-released owner=%s leases=%s by=%s", owner, released, self.owner)
+            metrics.leases_released(released, "stale")
 
     def stop(self) -> None:
         """Stop beating and drop our row (the worker is leaving)."""

@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from croniter import CroniterBadCronError, croniter
 
-from flows import codec, sharding, store
+from flows import codec, metrics, sharding, store
 from flows.definitions import WorkflowDefinition
 from flows.errors import InvalidInput
 
@@ -193,6 +193,8 @@ def _start(conn: store.Conn, row: store.ScheduleRow, tick: datetime, shards: int
         input=(row.input or "null").encode()))
     if answer == "taken":
         log.error("schedule-start-refused schedule=%s id=%s: the id belongs to another workflow", row.schedule_id, wid)
+    elif answer == "created":
+        metrics.workflow_started(row.workflow_name)
     return wid, answer == "created"
 
 

@@ -25,7 +25,7 @@ import msgspec
 import psycopg
 import uuid6
 
-from flows import codec, context, history, sharding, store
+from flows import codec, context, history, metrics, sharding, store
 from flows.context import (
     AwaitSignal,
     CancelTimer,
@@ -155,6 +155,7 @@ class Prepared:
     first_own: int
     leased: list[store.ActivityTask]
     news: News | None
+    woke: metrics.Woke | None = None  # for the step's metrics
 
 
 @dataclass
@@ -169,6 +170,7 @@ class AttemptPlan:
     memory: Memory | None = None
     retry_events: list[tuple[int, str, Any]] = field(default_factory=list)
     news: News | None = None
+    woke: metrics.Woke | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ class Attempt:
     error: str | None = None
     duration_seconds: float | None = None
     details: bytes | None = None
+    ended: float = field(default_factory=time.monotonic)  # when it ended (made): its step is due from then
 
 
 class StepWriter:
@@ -281,7 +284,8 @@ class StepWriter:
             if parked is not None:
                 parked.abandon()  # its code ran on past what the database holds
             raise
-        return Prepared(key, state, step, outcome, memory, parked, new, history_now, first_own, leased, news)
+        return Prepared(key, state, step, outcome, memory, parked, new, history_now, first_own, leased, news,
+                        metrics.woken(tx, state, step))
 
     def abort(self, prepared: Prepared) -> None:
         """The step was not written: forget the code that ran on for it."""
@@ -292,6 +296,7 @@ class StepWriter:
         """The step is committed with ``stamp``: remember the workflow (a
         running one) and return the activities leased and the news."""
         p, wf = prepared, prepared.state.workflow
+        metrics.step_recorded(p.step, p.woke)
         own = [(e.seq, e.kind, e.data) for e in p.step.events[p.first_own:]]
         resumed = p.parked is not None and p.memory is not None and p.memory.parked is p.parked
         before = p.memory.run_events if resumed and p.memory is not None else len(p.history_now) - len(p.new)
@@ -562,10 +567,12 @@ class StepWriter:
                     memory = None
                 new = list(state.events or []) + [(event.seq, event.kind, event.data)]
                 return AttemptPlan(step, key, memory=memory, retry_events=new,
-                                   news=News(wf.name, retries_in=[delay]) if alone else None)
+                                   news=News(wf.name, retries_in=[delay]) if alone else None,
+                                   woke=metrics.attempt_woke(attempt.ended))
             ended = store.ActivityEnd(task.activity_id, "failed", task.attempt, error=error, details=details)
             recorded = (seq, history.ActivityFailed(name, error, failures, attempt.duration_seconds))
         prepared = self.prepare(tx, state, lease_to, ended, recorded)
+        prepared.woke = metrics.attempt_woke(attempt.ended)
         return AttemptPlan(prepared.step, key, prepared=prepared)
 
     def abort_attempt(self, plan: AttemptPlan) -> None:
@@ -579,6 +586,7 @@ class StepWriter:
     ) -> tuple[list[store.ActivityTask], News | None]:
         if plan.prepared is not None:
             return self.finish(plan.prepared, stamp)
+        metrics.step_recorded(plan.step, plan.woke)
         if plan.memory is not None:  # still current: it takes the retry's event
             self._remember_retry(plan.key, plan.memory, stamp, plan.retry_events)
         return [], plan.news
@@ -611,6 +619,7 @@ class StepWriter:
             step = store.Step(shard, workflow_id, tenant, version, "failed", seq, channel=sharding.channel(shard))
             self._end(step, "failed", None, error)
             store.record_step(tx, step)
+        metrics.step_recorded(step, None)
         return True
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -665,29 +666,65 @@ def _state(row: tuple[Any, ...] | None) -> ReplayState | None:
     return None if row is None or row[0] is None else _replay_state.decode(row[0])
 
 
+class Deferred:
+    """A statement sent with a step's COMMIT, in its round trip
+    (``StepTransaction.defer``); ``row`` is its first row once committed."""
+
+    __slots__ = ("query", "params", "row")
+
+    def __init__(self, query: str, params: tuple[Any, ...]) -> None:
+        self.query, self.params = query, params
+        self.row: tuple[Any, ...] | None = None
+
+
 class StepTransaction:
     """A worker step's transaction: BEGIN goes with its first statement and
     COMMIT with its last, in one round trip each (client-side binding lets
     one message carry several statements). Half the round trips and client
     CPU of ``conn.transaction()`` around two statements. Other statements
     may run in between on ``conn``; leaving the block commits what is still
-    open, or rolls it back on an exception."""
+    open, or rolls it back on an exception. ``began`` is when BEGIN was
+    sent (``time.monotonic()``)."""
 
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
         self._cur = psycopg.ClientCursor(conn)
+        self.began = 0.0
+        self._deferred: list[Deferred] = []
 
     def __enter__(self) -> StepTransaction:
         return self
 
     def begin_with(self, query: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        self.began = time.monotonic()
         self._cur.execute("BEGIN; " + query, params)
         self._cur.nextset()
         return self._cur.fetchone()
 
+    def defer(self, query: str, params: tuple[Any, ...]) -> Deferred:
+        """Run ``query`` just before the COMMIT, in the commit's round trip."""
+        deferred = Deferred(query, params)
+        self._deferred.append(deferred)
+        return deferred
+
     def commit_with(self, query: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        self._cur.execute(query + "; COMMIT", params)
-        return self._cur.fetchone()
+        return self.commit_all([query], params)[0]
+
+    def commit_all(self, queries: list[str], params: tuple[Any, ...]) -> list[tuple[Any, ...] | None]:
+        """Run ``queries`` and the deferred statements, and COMMIT, in one
+        round trip; return each query's first row."""
+        deferred, self._deferred = self._deferred, []
+        for d in deferred:
+            queries, params = queries + [d.query], params + d.params
+        self._cur.execute("; ".join(queries) + "; COMMIT", params)
+        rows = []
+        for i in range(len(queries)):
+            if i:
+                self._cur.nextset()
+            rows.append(self._cur.fetchone())
+        for d, row in zip(deferred, rows[len(rows) - len(deferred):]):
+            d.row = row
+        return rows[:len(rows) - len(deferred)]
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
@@ -958,17 +995,28 @@ def record_step(tx: StepTransaction, step: Step) -> tuple[datetime, int]:
 def record_steps(tx: StepTransaction, steps: list[Step]) -> list[tuple[datetime, int]]:
     """Write several steps (of workflows this transaction locked) and
     commit, in one round trip; returns each step's stamp."""
-    cur = psycopg.ClientCursor(tx.conn)
-    cur.execute("; ".join(["SELECT flows_record_step_v4(%s)"] * len(steps)) + "; COMMIT",
-                tuple(Json(_step_encoder.encode(step)) for step in steps))
+    rows = tx.commit_all(["SELECT flows_record_step_v4(%s)"] * len(steps),
+                         tuple(Json(_step_encoder.encode(step)) for step in steps))
     stamps = []
-    for _ in steps:
-        row = cur.fetchone()
+    for row in rows:
         assert row is not None
         got = _stamp.decode(row[0])
         stamps.append((got.updated_at, got.last_event))
-        cur.nextset()
     return stamps
+
+
+def woken_at(
+    tx: StepTransaction, shard: str, now: datetime, signal_ids: list[UUID], timer_id: UUID | None = None
+) -> Deferred:
+    """Seconds before ``now`` (a claim's database time) that the latest of
+    these signals arrived, or this timer fell due: read with the step's
+    COMMIT (for the metrics of the step they woke)."""
+    return tx.defer(
+        "SELECT extract(epoch FROM %s::timestamptz - greatest("
+        "(SELECT max(created_at) FROM signals WHERE workflow_name = %s AND id = ANY(%s::uuid[])),"
+        " (SELECT fire_at FROM timers WHERE workflow_name = %s AND id = %s)))::float8",
+        (now, shard, signal_ids, shard, timer_id),
+    )
 
 
 # -- carrying a step's intents to other shards (flows/children.py) ----------------
@@ -1610,6 +1658,37 @@ def event_rates(conn: Conn, shards: list[str], *, window_seconds: int, bucket_se
         {"window": window_seconds, "bucket": bucket_seconds, "shards": _text_array(tuple(shards))},
     ).fetchall()
     return [(shard, float(t), int(n)) for shard, t, n in rows]
+
+
+class ShardGauges(msgspec.Struct, frozen=True):
+    shard: str
+    due: int  # tasks due now and not leased
+    oldest_due_seconds: float | None  # how long the oldest due task has waited
+    dead_letters: int  # not retried
+    workers: int  # with a heartbeat fresher than the stale limit, serving the shard
+
+
+def shard_gauges(conn: Conn, stale_seconds: float) -> list[ShardGauges]:
+    """The metrics' gauges for every shard that has workflows, in one
+    statement: a skip scan of the workflows' key for the shards, then per
+    shard the due range of ``task_queue_due``, its dead letters (by key) and
+    the heartbeats (a handful of rows)."""
+    cur = conn.cursor(row_factory=tuple_row)
+    rows = cur.execute(
+        "WITH RECURSIVE n(name) AS ("
+        "  SELECT min(name) FROM workflows"
+        "  UNION ALL SELECT (SELECT min(w.name) FROM workflows w WHERE w.name > n.name) FROM n WHERE n.name IS NOT NULL)"
+        " SELECT n.name,"
+        " (SELECT count(*) FROM task_queue t WHERE t.workflow_name = n.name AND t.visibility_timeout <= now())::int,"
+        " (SELECT extract(epoch FROM now() - min(t.visibility_timeout)) FROM task_queue t"
+        "   WHERE t.workflow_name = n.name AND t.visibility_timeout <= now())::float8,"
+        " (SELECT count(*) FROM dead_letter_queue d WHERE d.workflow_name = n.name AND d.retried_at IS NULL)::int,"
+        " (SELECT count(*) FROM worker_heartbeats h"
+        "   WHERE n.name = ANY(h.shards) AND h.last_beat > now() - %s * interval '1 second')::int"
+        " FROM n WHERE n.name IS NOT NULL ORDER BY n.name",
+        (stale_seconds,),
+    ).fetchall()
+    return [ShardGauges(*row) for row in rows]
 
 
 def database_now(conn: Conn) -> datetime:

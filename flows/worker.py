@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
-from flows import children, codec, sharding, store
+from flows import children, codec, metrics, sharding, store
 from flows.activity_runner import ActivityRunner
 from flows import continuation
 from flows.continuation import ReplayCache
@@ -213,6 +213,8 @@ class Worker:
         self.heartbeat.start(self._pool)
         if self.scheduler is not None:
             self.scheduler.start(self._pool)
+        metrics.enable()
+        metrics.worker_running(+1)
         log.info("worker-start owner=%s shards=%s versions=%s activities=%s concurrency=%s", self.owner,
                  ",".join(self.shards), ",".join(f"{n}@{v}" for n, v in sorted(self.workflows)),
                  ",".join(self.serves.activities), self.concurrency)
@@ -546,6 +548,7 @@ class Worker:
         self.budget.stop()
         self._close_listener()
         self._pool.close()
+        metrics.worker_running(-1)
         if threading.current_thread() is threading.main_thread():
             signal.set_wakeup_fd(-1)
         log.info("worker-stop owner=%s", self.owner)

@@ -8,6 +8,7 @@ Every option falls back to an environment variable, then a default:
     --concurrency       FLOWS_ACTIVITY_CONCURRENCY  8 activities at once per worker
     --graceful-timeout  FLOWS_GRACEFUL_TIMEOUT      30 s for activities in flight at shutdown
     --stale-seconds     FLOWS_STALE_SECONDS         30 s without a heartbeat = a dead worker
+    --metrics-port      FLOWS_METRICS_PORT          off: serve Prometheus metrics on /metrics at this port
 
 The database is DATABASE_URL, else the embedded development server.
 """
@@ -15,12 +16,15 @@ The database is DATABASE_URL, else the embedded development server.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
-from flows import embedded, sharding
+from flows import embedded, metrics, sharding
 from supervisor import logs
 from supervisor.arbiter import Arbiter, FleetConfig
+
+log = logging.getLogger("supervisor")
 
 
 def _env(name: str, default: object) -> str:
@@ -37,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=int(_env("FLOWS_ACTIVITY_CONCURRENCY", 8)))
     p.add_argument("--graceful-timeout", type=float, default=float(_env("FLOWS_GRACEFUL_TIMEOUT", 30)))
     p.add_argument("--stale-seconds", type=float, default=float(_env("FLOWS_STALE_SECONDS", 30)))
+    p.add_argument("--metrics-port", type=int, default=int(_env("FLOWS_METRICS_PORT", 0)),
+                   help="serve the fleet's Prometheus metrics on http://0.0.0.0:PORT/metrics (0: off)")
     return p
 
 
@@ -50,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name} must be >= 1")
     if args.graceful_timeout < 0 or args.stale_seconds <= 0:
         p.error("--graceful-timeout must be >= 0 and --stale-seconds > 0")
+    if not 0 <= args.metrics_port <= 65535:
+        p.error("--metrics-port (FLOWS_METRICS_PORT) must be a TCP port, 1..65535 (0: off)")
     logs.setup()
     if os.getcwd() not in sys.path:  # find the app from the current folder, as `python -m` would
         sys.path.insert(0, os.getcwd())
@@ -62,7 +70,23 @@ def main(argv: list[str] | None = None) -> int:
         graceful_timeout=args.graceful_timeout,
         stale_seconds=args.stale_seconds,
     )
-    return Arbiter(config).run()
+    if not args.metrics_port:
+        return Arbiter(config).run()
+    # Before the first worker forks: each writes its metrics in this fleet's own, fresh directory.
+    directory = metrics.fresh_directory("fleet")
+    try:
+        metrics.enable()
+        try:
+            server = metrics.serve(args.metrics_port, config.dsn)
+        except OSError as exc:
+            p.error(f"--metrics-port (FLOWS_METRICS_PORT) {args.metrics_port}: {exc.strerror or exc}")
+        log.info("metrics-serving url=http://0.0.0.0:%s/metrics directory=%s", args.metrics_port, directory)
+        try:
+            return Arbiter(config).run()
+        finally:
+            server.shutdown()
+    finally:
+        metrics.remove_directory(directory)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from flows import migrate, sharding, store
+from flows import metrics, migrate, sharding, store
 from flows.errors import DatabaseError, DatabaseUnavailable, FlowsError
 from supervisor import child as childproc
 from supervisor.child import Ready, WorkerSpec
@@ -337,6 +337,8 @@ class Arbiter:
         level = logging.INFO if expected else logging.WARNING if how.clean else logging.ERROR
         log.log(level, "worker-exit pid=%s group=%s generation=%s %s uptime=%.1fs", c.pid, c.spec.label,
                 c.generation, how.describe(), uptime)
+        metrics.worker_exited(c.pid, "stopped" if c.retiring or self.stopping else
+                              "killed" if how.signal is not None else "crashed")
         if c.ready is not None:
             self._pending_release.append(c.ready)
             self._release_at = 0.0
@@ -441,6 +443,7 @@ class Arbiter:
             self._db_ok_since = self._db_ok_since or time.monotonic()
             if released:
                 log.warning("leases-released owner=%s count=%s", dead.owner, released)
+                metrics.leases_released(released, "exited")
 
     def _sweep_stale(self) -> None:
         """Release the leases of workers elsewhere whose heartbeats stopped.
@@ -470,6 +473,7 @@ class Arbiter:
             return
         for owner, released in swept:
             log.warning("stale-worker-released owner=%s leases=%s", owner, released)
+            metrics.leases_released(released, "stale")
 
 
 def _record(signum: int, frame: object) -> None:

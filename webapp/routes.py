@@ -7,6 +7,7 @@ is written; each write is one engine call, hence one transaction.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 import flows
+import flows.metrics
 from webapp import openapi
 from webapp.extension import client
 from webapp.loans import (
@@ -264,6 +266,22 @@ def healthz() -> Response:
         log.warning("healthz-failed error=%s", problem)
         return json_response(ErrorBody("database unreachable", problem), 503)
     return json_response(Health("ok"))
+
+
+@meta.get("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics: this server's processes added up, and the
+    database's gauges (docs/metrics.md). With FLOWS_API_KEYS set it needs
+    ``Authorization: Bearer <FLOWS_CONSOLE_ADMIN_KEY>``: it sees every tenant."""
+    if client.auth_required:
+        admin = str(current_app.config.get("CONSOLE_ADMIN_KEY") or "")
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        if not admin or scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), admin.encode()):
+            raise ApiError(401, "unauthorized", "send the console's admin key as 'Authorization: Bearer <key>'",
+                           headers={"WWW-Authenticate": 'Bearer realm="flows"'})
+    engine = client.engine
+    body, content_type = flows.metrics.exposition(engine.dsn, engine.connection, request.headers.get("Accept"))
+    return Response(body, content_type=content_type)
 
 
 @meta.get("/openapi.json")
