@@ -1669,15 +1669,17 @@ class ShardGauges(msgspec.Struct, frozen=True):
 
 
 def shard_gauges(conn: Conn, stale_seconds: float) -> list[ShardGauges]:
-    """The metrics' gauges for every shard that has workflows, in one
-    statement: a skip scan of the workflows' key for the shards, then per
+    """The metrics' gauges for every shard that has workflows or a worker,
+    in one statement: a skip scan of the workflows' key for the shards (and
+    the heartbeats' shards), then per
     shard the due range of ``task_queue_due``, its dead letters (by key) and
     the heartbeats (a handful of rows)."""
     cur = conn.cursor(row_factory=tuple_row)
     rows = cur.execute(
         "WITH RECURSIVE n(name) AS ("
         "  SELECT min(name) FROM workflows"
-        "  UNION ALL SELECT (SELECT min(w.name) FROM workflows w WHERE w.name > n.name) FROM n WHERE n.name IS NOT NULL)"
+        "  UNION ALL SELECT (SELECT min(w.name) FROM workflows w WHERE w.name > n.name) FROM n WHERE n.name IS NOT NULL),"
+        " s(name) AS (SELECT name FROM n WHERE name IS NOT NULL UNION SELECT unnest(shards) FROM worker_heartbeats)"
         " SELECT n.name,"
         " (SELECT count(*) FROM task_queue t WHERE t.workflow_name = n.name AND t.visibility_timeout <= now())::int,"
         " (SELECT extract(epoch FROM now() - min(t.visibility_timeout)) FROM task_queue t"
@@ -1685,7 +1687,7 @@ def shard_gauges(conn: Conn, stale_seconds: float) -> list[ShardGauges]:
         " (SELECT count(*) FROM dead_letter_queue d WHERE d.workflow_name = n.name AND d.retried_at IS NULL)::int,"
         " (SELECT count(*) FROM worker_heartbeats h"
         "   WHERE n.name = ANY(h.shards) AND h.last_beat > now() - %s * interval '1 second')::int"
-        " FROM n WHERE n.name IS NOT NULL ORDER BY n.name",
+        " FROM s AS n ORDER BY n.name",
         (stale_seconds,),
     ).fetchall()
     return [ShardGauges(*row) for row in rows]
