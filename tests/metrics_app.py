@@ -41,4 +41,10 @@ def doomed(ctx: flows.WorkflowContext, n: int) -> int:
     return ctx.activity(broken, n)
 
 
-WORKFLOWS = [order, doomed]
+@flows.workflow("m-nap")
+def nap(ctx: flows.WorkflowContext, seconds: float) -> str:
+    ctx.sleep(seconds)
+    return "rested"
+
+
+WORKFLOWS = [order, doomed, nap]
