@@ -228,11 +228,30 @@ def attempt_woke(ended: float) -> Woke | None:
     return None if _m is None else Woke("attempt", ended)
 
 
+def _failed(exc: Exception) -> None:
+    """Recording failed (the directory removed, the disk full): the work
+    goes on; say so once per process."""
+    global _warned
+    if not _warned:
+        _warned = True
+        log.warning("metrics-record-failed error=%s: %s", type(exc).__name__, exc)
+
+
+_warned = False
+
+
 def step_recorded(step: store.Step, woke: Woke | None) -> None:
     """A step committed: count it, its workflow's end, and time it."""
     m = _m
     if m is None:
         return
+    try:
+        _step(m, step, woke)
+    except Exception as exc:  # noqa: BLE001 - never fail a committed step over its metrics
+        _failed(exc)
+
+
+def _step(m: _Metrics, step: store.Step, woke: Woke | None) -> None:
     series = m.workflow(step.shard)
     series.steps.inc()
     if step.status == "completed":
@@ -257,12 +276,15 @@ def attempt_ended(activity: str, duration_seconds: float | None, failed: bool) -
     m = _m
     if m is None:
         return
-    attempts, failures, duration = m.activity(activity)
-    attempts.inc()
-    if failed:
-        failures.inc()
-    if duration_seconds is not None:
-        duration.observe(duration_seconds)
+    try:
+        attempts, failures, duration = m.activity(activity)
+        attempts.inc()
+        if failed:
+            failures.inc()
+        if duration_seconds is not None:
+            duration.observe(duration_seconds)
+    except Exception as exc:  # noqa: BLE001 - the attempt's end is recorded all the same
+        _failed(exc)
 
 
 def worker_running(delta: int) -> None:

@@ -129,6 +129,18 @@ def document(auth_required: bool) -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Health"), "Healthy"), **_errors(503)},
             },
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (docs/metrics.md); with API keys set, the console's admin key as bearer",
+                "security": security,
+                "responses": {
+                    "200": {"description": "The Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    **_errors(401),
+                },
+            },
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi", "summary": "This document", "security": [],
