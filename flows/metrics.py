@@ -20,12 +20,14 @@ docs/metrics.md lists every metric.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, ContextManager, Iterator
@@ -37,6 +39,9 @@ log = logging.getLogger("flows.metrics")
 DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 DATABASE_CACHE_SECONDS = 5.0  # scrapes within this long of a database read reuse it
 DATABASE_TIMEOUT_SECONDS = 5.0
+# A worker's steps and attempts reach the files this long after they happen
+# (what a process killed outright loses), in one write per series.
+FLUSH_SECONDS = 0.5
 # Seconds: steps and wake-ups take milliseconds when all is well, minutes when a shard is behind.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 ACTIVITY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -117,6 +122,80 @@ class _Metrics:
         return series
 
 
+class _Buffer:
+    """What the worker's hot path counts, written to the files by a thread of
+    the process's own at most FLUSH_SECONDS later, added up per series: a
+    step appends to a deque instead of writing (prometheus_client takes
+    one lock per process and a few microseconds per write)."""
+
+    def __init__(self) -> None:
+        self.counts: deque[tuple[Any, float]] = deque()  # (counter child, amount)
+        self.observations: deque[tuple[Any, float]] = deque()  # (histogram child, value)
+        self.armed = False  # a flush is coming: appends need not wake the thread
+        self.wake = threading.Event()
+        self.lock = threading.Lock()  # one flush at a time
+        self.pid = 0  # the process whose thread flushes
+
+    def count(self, child: Any, amount: float = 1.0) -> None:
+        self.counts.append((child, amount))
+        if not self.armed:
+            self._arm()
+
+    def observe(self, child: Any, value: float) -> None:
+        self.observations.append((child, value))
+        if not self.armed:
+            self._arm()
+
+    def _arm(self) -> None:
+        self.armed = True
+        if self.pid != os.getpid():
+            with self.lock:
+                if self.pid != os.getpid():
+                    self.pid = os.getpid()
+                    threading.Thread(target=self._loop, name="flows-metrics-flush", daemon=True).start()
+        self.wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self.wake.wait()
+            time.sleep(FLUSH_SECONDS)
+            self.wake.clear()
+            self.armed = False  # appends from here on wake us again; this flush takes those before it
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was counted (the flush thread, a scrape, a stopping worker)."""
+        with self.lock:
+            try:
+                self._write()
+            except Exception as exc:  # noqa: BLE001 - the work goes on without its metrics
+                _failed(exc)
+
+    def _write(self) -> None:
+        totals: dict[Any, float] = defaultdict(float)
+        while self.counts:
+            child, amount = self.counts.popleft()
+            totals[child] += amount
+        sums: dict[Any, float] = defaultdict(float)
+        buckets: dict[tuple[Any, int], int] = defaultdict(int)
+        while self.observations:
+            child, value = self.observations.popleft()
+            sums[child] += value
+            buckets[child, bisect.bisect_left(child._upper_bounds, value)] += 1
+        for child, amount in totals.items():
+            child.inc(amount)
+        for child, total in sums.items():  # what Histogram.observe does, once per series and bucket
+            child._sum.inc(total)
+        for (child, i), n in buckets.items():
+            child._buckets[i].inc(n)
+
+    def forget(self) -> None:
+        """In a forked child: what the parent counted is the parent's to write."""
+        self.__init__()  # type: ignore[misc]
+
+
+_buffer = _Buffer()
+os.register_at_fork(after_in_child=_buffer.forget)
 _m: _Metrics | None = None
 _enable_lock = threading.Lock()
 
@@ -252,12 +331,12 @@ def step_recorded(step: store.Step, woke: Woke | None) -> None:
 
 
 def _step(m: _Metrics, step: store.Step, woke: Woke | None) -> None:
-    series = m.workflow(step.shard)
-    series.steps.inc()
+    series, buffer = m.workflow(step.shard), _buffer
+    buffer.count(series.steps)
     if step.status == "completed":
-        series.completed.inc()
+        buffer.count(series.completed)
     elif step.status == "failed":
-        series.failed.inc()
+        buffer.count(series.failed)
     if woke is None:
         return
     late = woke.late
@@ -265,11 +344,11 @@ def _step(m: _Metrics, step: store.Step, woke: Woke | None) -> None:
         row = woke.pending.row
         late = row[0] if row is not None and row[0] is not None else 0.0
     seconds = late + time.monotonic() - woke.began
-    series.latency.observe(seconds)
+    buffer.observe(series.latency, seconds)
     if woke.cause == "signal":
-        series.wakeup.observe(seconds)
+        buffer.observe(series.wakeup, seconds)
     elif woke.cause == "timer":
-        series.timer.observe(seconds)
+        buffer.observe(series.timer, seconds)
 
 
 def attempt_ended(activity: str, duration_seconds: float | None, failed: bool) -> None:
@@ -278,19 +357,21 @@ def attempt_ended(activity: str, duration_seconds: float | None, failed: bool) -
         return
     try:
         attempts, failures, duration = m.activity(activity)
-        attempts.inc()
+        _buffer.count(attempts)
         if failed:
-            failures.inc()
+            _buffer.count(failures)
         if duration_seconds is not None:
-            duration.observe(duration_seconds)
+            _buffer.observe(duration, duration_seconds)
     except Exception as exc:  # noqa: BLE001 - the attempt's end is recorded all the same
         _failed(exc)
 
 
 def worker_running(delta: int) -> None:
-    """A flows.Worker started (+1) or stopped (-1) in this process."""
+    """A flows.Worker started (+1) or stopped (-1, after writing what it counted) in this process."""
     m = _m
     if m is not None:
+        if delta < 0:
+            _buffer.flush()
         m.workers.inc(delta)
 
 
@@ -384,6 +465,7 @@ def exposition(
 
     registry = CollectorRegistry()
     if directory is None and _m is not None:
+        _buffer.flush()  # this process's own counts, current
         directory = os.environ.get(DIRECTORY_VARIABLE)
     if directory:
         MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]

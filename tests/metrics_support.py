@@ -4,12 +4,14 @@ counters should be."""
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
+T = TypeVar("T")
 # Labels a scrape may carry: names of workflows, activities and shards, never ids.
 ALLOWED_LABELS = {"workflow", "activity", "shard", "cause", "le"}
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
@@ -62,3 +64,17 @@ def attempts(db: psycopg.Connection[Any], activity: str, failed_only: bool = Fal
     kinds = ["activity_failed", "activity_retrying"] + ([] if failed_only else ["activity_completed"])
     return count(db, "SELECT count(*) FROM history_events WHERE event_type = ANY(%s) AND event_data->>'name' = %s",
                  kinds, activity)
+
+
+def settled(check: Callable[[], T], timeout: float = 10.0) -> T:
+    """``check()``'s value once it passes: workers write what they counted
+    within ``flows.metrics.FLUSH_SECONDS``, and the database gauges are
+    cached a few seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -22,7 +22,7 @@ from tests import fleet_app
 from tests.acceptance.fleet_harness import Fleet, children_of, fleets, signal_all, start_orders, wait_until  # noqa: F401
 from tests.acceptance.fleet_harness import ledger  # noqa: F401 - fixture
 from tests.acceptance.loan_stack import Stack, free_port, loan_stack  # noqa: F401 - fixture
-from tests.metrics_support import Scrape, assert_no_ids, attempts, count, scrape, workflows
+from tests.metrics_support import Scrape, assert_no_ids, attempts, count, scrape, settled, workflows
 
 pytestmark = pytest.mark.slow
 SERVING = re.compile(r"metrics-serving url=\S+ directory=(\S+)")
@@ -32,6 +32,38 @@ RELEASED = re.compile(r"leases-released owner=\S+ count=(\d+)")
 def counted(path: str, name: str) -> float:
     """A counter's total in one process's file."""
     return sum(s.value for m in MultiProcessCollector.merge([path]) for s in m.samples if s.name == name)
+
+
+def check_fleet(s: Scrape, db: psycopg.Connection[Any]) -> Scrape:
+    """The fleet's scrape against the database, after six orders and two poisoned workflows."""
+    assert s.value("flows_dead_letters", workflow="fleet-poison") == 2  # the database gauges are cached a few seconds
+    assert s.value("flows_workflows_completed_total", workflow="fleet-order") == workflows(db, "fleet-order",
+                                                                                         "completed") == 6
+    assert s.value("flows_workflows_failed_total", workflow="fleet-poison") == workflows(db, "fleet-poison",
+                                                                                        "failed") == 2
+    for activity in ("fleet-effect", "fleet-always-fails"):
+        assert s.value("flows_activity_attempts_total", activity=activity) == attempts(db, activity) > 0
+        assert s.value("flows_activity_failures_total", activity=activity) == attempts(db, activity, True)
+    assert s.value("flows_activity_attempts_total", activity="fleet-effect") == count(
+        db, "SELECT count(*) FROM fleet_attempts")  # each attempt the activity itself saw
+    assert s.value("flows_timer_lateness_seconds_count", workflow="fleet-order") == count(
+        db, "SELECT count(*) FROM timers WHERE fired")
+    assert s.value("flows_shard_workers", workflow="fleet-order") == 3  # every shard served once
+    return s
+
+
+def check_loans(fleet: Scrape, db: psycopg.Connection[Any]) -> Scrape:
+    """The fleet's scrape against the database, after six loans."""
+    assert fleet.value("flows_workflows_completed_total", workflow="loan-application") == workflows(
+        db, "loan-application", "completed") == 6
+    for activity in ("check-credit-score", "verify-document", "disburse-loan"):
+        assert fleet.value("flows_activity_attempts_total", activity=activity) == attempts(db, activity) > 0
+    # Each signal was sent once its loan waited for it: each woke one step.
+    assert fleet.value("flows_wakeup_latency_seconds_count", workflow="loan-application") == count(
+        db, "SELECT count(*) FROM signals WHERE consumed")
+    assert fleet.value("flows_timer_lateness_seconds_count", workflow="loan-application") == count(
+        db, "SELECT count(*) FROM timers WHERE fired") == 6
+    return fleet
 
 
 def test_fleet_metrics_add_up_its_workers_and_keep_a_killed_ones(
@@ -53,20 +85,7 @@ def test_fleet_metrics_add_up_its_workers_and_keep_a_killed_ones(
         wait_until(lambda: engine.query(run.workflow_name, run.workflow_id).status == "failed", what="poison fails")
 
     assert count(db, "SELECT count(*) FROM dead_letter_queue WHERE workflow_name LIKE 'fleet-poison-%'") == 2
-    s = wait_until(lambda: (got := scrape(url)).value("flows_dead_letters", workflow="fleet-poison") == 2 and got,
-                   what="the dead letters (the database gauges are cached a few seconds)")
-    assert s.value("flows_workflows_completed_total", workflow="fleet-order") == workflows(db, "fleet-order",
-                                                                                         "completed") == 6
-    assert s.value("flows_workflows_failed_total", workflow="fleet-poison") == workflows(db, "fleet-poison",
-                                                                                        "failed") == 2
-    for activity in ("fleet-effect", "fleet-always-fails"):
-        assert s.value("flows_activity_attempts_total", activity=activity) == attempts(db, activity) > 0
-        assert s.value("flows_activity_failures_total", activity=activity) == attempts(db, activity, True)
-    assert s.value("flows_activity_attempts_total", activity="fleet-effect") == count(
-        db, "SELECT count(*) FROM fleet_attempts")  # each attempt the activity itself saw
-    assert s.value("flows_timer_lateness_seconds_count", workflow="fleet-order") == count(
-        db, "SELECT count(*) FROM timers WHERE fired")
-    assert s.value("flows_shard_workers", workflow="fleet-order") == 3  # every shard served once
+    s = settled(lambda: check_fleet(scrape(url), db))
     # Both processes recorded, each in its own files; the scrape is their sum.
     steps = [counted(f"{directory}/counter_{pid}.db", "flows_steps_total") for pid in workers]
     assert all(n > 0 for n in steps) and sum(steps) == s.value("flows_steps_total")
@@ -122,19 +141,11 @@ def test_loan_stack_metrics_web_and_fleet(loan_stack: Callable[..., Stack], db: 
         return body["Status"] != "running"
 
     wait_until(lambda: all([advance(p) for p in loans]), timeout=60, what="every loan to end")
-    web, fleet = scrape(web_url), scrape(fleet_url)
+    web = scrape(web_url)
     started = count(db, "SELECT count(*) FROM workflows")
     assert web.value("flows_workflows_started_total", workflow="loan-application") == started == 6
-    assert fleet.value("flows_workflows_completed_total", workflow="loan-application") == workflows(
-        db, "loan-application", "completed") == 6
-    for activity in ("check-credit-score", "verify-document", "disburse-loan"):
-        assert fleet.value("flows_activity_attempts_total", activity=activity) == attempts(db, activity) > 0
-    # Each signal was sent once its loan waited for it: each woke one step.
-    assert fleet.value("flows_wakeup_latency_seconds_count", workflow="loan-application") == count(
-        db, "SELECT count(*) FROM signals WHERE consumed")
-    assert fleet.value("flows_timer_lateness_seconds_count", workflow="loan-application") == count(
-        db, "SELECT count(*) FROM timers WHERE fired") == 6
     assert web.value("flows_dead_letters") == 0 and web.value("flows_database_up") == 1
+    fleet = settled(lambda: check_loans(scrape(fleet_url), db))
     assert_no_ids(web)
     assert_no_ids(fleet)
 

@@ -23,7 +23,7 @@ from flows import Engine, metrics, sharding
 from tests import metrics_app
 from tests.conftest import ROOT
 from tests.acceptance.loan_stack import free_port
-from tests.metrics_support import Scrape, assert_no_ids, attempts, count, scrape, workflows
+from tests.metrics_support import Scrape, assert_no_ids, attempts, count, scrape, settled, workflows
 
 ORDER, DOOMED, NAP = "m-order", "m-doomed", "m-nap"
 
@@ -60,8 +60,12 @@ def run_workflows(engine: Engine, db: psycopg.Connection[Any], orders: list[UUID
             wait_for(lambda: engine.query(name, wid).status in ("completed", "failed"), f"{name} {wid} to end")
 
 
-def assert_matches_database(s: Scrape, db: psycopg.Connection[Any], orders: int, doomed: int) -> None:
-    """The scrape's counters against the rows the workflows left."""
+def matches_database(url: str, db: psycopg.Connection[Any], orders: int, doomed: int) -> Scrape:
+    """A scrape whose counters match the rows the workflows left (once written)."""
+    return settled(lambda: assert_matches_database(scrape(url), db, orders, doomed))
+
+
+def assert_matches_database(s: Scrape, db: psycopg.Connection[Any], orders: int, doomed: int) -> Scrape:
     assert s.value("flows_workflows_completed_total", workflow=ORDER) == workflows(db, ORDER, "completed") == orders
     assert s.value("flows_workflows_failed_total", workflow=DOOMED) == workflows(db, DOOMED, "failed") == doomed
     assert count(db, "SELECT count(*) FROM dead_letter_queue WHERE workflow_name LIKE 'm-doomed-%'") == doomed
@@ -85,6 +89,7 @@ def assert_matches_database(s: Scrape, db: psycopg.Connection[Any], orders: int,
     assert s.value("flows_timer_lateness_seconds_bucket", workflow=ORDER, le="+Inf") == orders
     assert s.value("flows_wakeup_latency_seconds_sum", workflow=ORDER) > 0
     assert_no_ids(s)
+    return s
 
 
 @pytest.fixture
@@ -136,8 +141,7 @@ def test_worker_processes_add_up_and_a_killed_one_still_counts(
     wait_for(lambda: scrape(served).value("flows_workers_alive") == 2, "two workers alive")
     # Work on both: shard 0 is the first process's, shards 1 and 2 the second's.
     run_workflows(engine, db, ids_on(0, 2) + ids_on(1, 2) + ids_on(2, 1), ids_on(0, 1) + ids_on(2, 1))
-    s = scrape(served)
-    assert_matches_database(s, db, orders=5, doomed=2)
+    s = matches_database(served, db, orders=5, doomed=2)
     files = {p.name for p in metrics_dir.iterdir()}
     assert {f"counter_{first.pid}.db", f"counter_{second.pid}.db"} <= files  # both wrote their own
 
@@ -157,18 +161,24 @@ def test_worker_processes_add_up_and_a_killed_one_still_counts(
         assert after.value(name, **labels) == s.value(name, **labels) > 0
 
     # A new process on shard 0 adds its counts to the dead one's.
-    wait_for(lambda: count(db, "SELECT count(*) FROM timers WHERE fire_at < now() - interval '0.5 second'"),
+    wait_for(lambda: count(db, "SELECT count(*) FROM timers WHERE workflow_id = %s AND NOT fired"
+                               " AND fire_at < now() - interval '0.5 second'", nap.workflow_id),
              "the nap's timer overdue")
     spawn("0")
     wait_for(lambda: scrape(served).value("flows_workers_alive") == 2, "the replacement alive")
     run_workflows(engine, db, ids_on(0, 2) + ids_on(1, 1), ids_on(0, 1))
-    final = scrape(served)
-    assert_matches_database(final, db, orders=8, doomed=3)
+    final = matches_database(served, db, orders=8, doomed=3)
     assert engine.result(NAP, nap.workflow_id, timeout=30) == "rested"
+
+    def nap_timed() -> Scrape:
+        got = scrape(served)
+        assert got.value("flows_timer_lateness_seconds_count", workflow=NAP) == 1
+        return got
+
+    final = settled(nap_timed)
     row = db.execute("SELECT extract(epoch FROM fired_at - fire_at) FROM timers WHERE workflow_id = %s",
                      (nap.workflow_id,)).fetchone()
     assert row is not None and row[0] >= 0.5
-    assert final.value("flows_timer_lateness_seconds_count", workflow=NAP) == 1
     assert final.value("flows_timer_lateness_seconds_sum", workflow=NAP) >= float(row[0])
     assert final.value("flows_timer_lateness_seconds_bucket", workflow=NAP, le="0.25") == 0
     assert not metrics.enabled()  # this process set no metrics directory: it recorded nothing
