@@ -58,6 +58,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(routes.api)
     app.register_blueprint(routes.meta)
+    app.register_blueprint(routes.prometheus)
     routes.register_error_handlers(app)
     console.register(app)
     return app

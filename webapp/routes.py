@@ -49,6 +49,7 @@ MANAGER_APPROVAL_SIGNAL = "manager-approval"
 
 api = Blueprint("api", __name__, url_prefix="/api/loans")
 meta = Blueprint("meta", __name__)
+prometheus = Blueprint("metrics", __name__)  # its GET answers Prometheus text, not JSON
 
 _encoder = msgspec.json.Encoder()
 
@@ -268,7 +269,7 @@ def healthz() -> Response:
     return json_response(Health("ok"))
 
 
-@meta.get("/metrics")
+@prometheus.get("/metrics")
 def metrics() -> Response:
     """Prometheus metrics: this server's processes added up, and the
     database's gauges (docs/metrics.md). With FLOWS_API_KEYS set it needs

@@ -289,7 +289,7 @@ def test_unknown_routes_and_methods_are_json(http: FlaskClient) -> None:
 
 
 def test_every_answer_of_the_api_is_json(app: Any, http: FlaskClient) -> None:
-    """Every route of the API (the console's HTML pages aside), with every
+    """Every route of the API (the console's HTML pages and the metrics' text aside), with every
     method (OPTIONS and HEAD included), and unknown paths, answer with a JSON
     body; OPTIONS lists the methods the route takes."""
     api_rules = [rule for rule in app.url_map.iter_rules() if rule.endpoint.split(".")[0] in ("api", "meta")]
