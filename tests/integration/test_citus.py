@@ -1,4 +1,4 @@
-"""On a Citus cluster (FLOWS_TEST_CITUS): migrations distribute the seven
+"""On a Citus cluster (FLOWS_TEST_CITUS): migrations distribute the
 workflow tables by their shard key, colocated, and leave the fleet's
 metadata on the coordinator; a database migrated before it had the
 extension is distributed afterwards with its rows."""
@@ -23,8 +23,9 @@ pytestmark = pytest.mark.skipif(not on_citus(), reason=CITUS_HOWTO)
 
 SHARD_KEYS = {"workflows": "name", "activities": "workflow_name", "history_events": "workflow_name",
               "timers": "workflow_name", "signals": "workflow_name", "task_queue": "workflow_name",
-              "dead_letter_queue": "workflow_name"}
+              "dead_letter_queue": "workflow_name", "children": "workflow_name"}
 CITUS_MIGRATION = "050_citus.sql"
+CITUS_MIGRATIONS = ("050_citus.sql", "051_citus_steps.sql")  # what distributes the tables, run again by hand
 
 
 def distributed(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, str, int]]:
@@ -113,6 +114,8 @@ def test_a_database_migrated_before_it_had_citus_is_distributed_by_running_the_m
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'citus'").fetchone() == (0,)
     citus.create_database(admin, _citus_workers(), database)  # the extension on every node, nodes registered
-    with psycopg.connect(url, autocommit=True) as conn:  # what `psql -f migrations/050_citus.sql` does
-        conn.execute((migrate.MIGRATIONS_DIR / CITUS_MIGRATION).read_bytes())
+    with psycopg.connect(url, autocommit=True) as conn:  # what `psql -f migrations/05*_citus*.sql` does
+        conn.execute("SET citus.multi_shard_modify_mode TO 'sequential'")  # psql sends statements one by one
+        for name in CITUS_MIGRATIONS:
+            conn.execute((migrate.MIGRATIONS_DIR / name).read_bytes())
     assert_rows_kept(url)

@@ -272,12 +272,10 @@ def test_a_claim_says_when_its_shards_next_task_of_the_workers_versions_falls_du
             runs.append(run)
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("DELETE FROM task_queue WHERE workflow_name <> %s", (shard,))
-        timer_at = conn.execute(
+        conn.execute(
             "INSERT INTO task_queue (workflow_name, id, workflow_id, tenant_id, task_type, workflow_version,"
-            " visibility_timeout) SELECT workflow_name, %s, %s, tenant_id, 'timer', 1, now() + interval '1 hour'"
-            " FROM task_queue WHERE workflow_name = %s LIMIT 1 RETURNING visibility_timeout",
-            (uuid6.uuid7(), uuid6.uuid7(), shard)).fetchone()
-        assert timer_at is not None
+            " visibility_timeout) VALUES (%s, %s, %s, %s, 'timer', 1, now() + interval '1 hour')",
+            (shard, uuid6.uuid7(), uuid6.uuid7(), runs[0].tenant_id))
         answers = []
         for _ in range(3):
             with store.StepTransaction(conn) as tx:
