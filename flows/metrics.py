@@ -251,7 +251,7 @@ def process_dead(pid: int, directory: str | None = None) -> None:
     if directory and os.path.isdir(directory):
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call,unused-ignore]
 
 
 # -- hooks: the client side ---------------------------------------------------------
@@ -468,7 +468,7 @@ def exposition(
         _buffer.flush()  # this process's own counts, current
         directory = os.environ.get(DIRECTORY_VARIABLE)
     if directory:
-        MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+        MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call,unused-ignore]
     registry.register(_DatabaseCollector(key, connect))
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type

@@ -1436,23 +1436,31 @@ class WorkflowSummary(msgspec.Struct, frozen=True):
 
 def shard_names(conn: Conn) -> list[str]:
     """Every sharded workflow name in use, by a skip scan of the primary key
-    (one probe a name, not a read of every workflow)."""
-    rows = conn.execute(
-        "WITH RECURSIVE n(name) AS ("
-        "  SELECT min(name) FROM workflows"
-        "  UNION ALL SELECT (SELECT min(w.name) FROM workflows w WHERE w.name > n.name) FROM n WHERE n.name IS NOT NULL)"
-        " SELECT name FROM n WHERE name IS NOT NULL"
-    ).fetchall()
-    return [r[0] for r in rows]
+    (one probe a name, not a read of every workflow): ``flows_shard_names``."""
+    return [r[0] for r in conn.execute("SELECT flows_shard_names()").fetchall()]
+
+
+def _per_shard(part: Callable[[str], sql.Composable], shards: Iterable[str]) -> sql.Composable:
+    """``part(shard)`` for each shard, UNION ALL: each part one index-ordered
+    scan of one shard value, which Citus routes to that shard (it refuses a
+    LATERAL join to unnest(shards))."""
+    return sql.SQL(" UNION ALL ").join(sql.SQL("({})").format(part(shard)) for shard in shards)
+
+
+def _on(query: str) -> Callable[[str], sql.Composable]:
+    """A part for ``_per_shard``: ``query`` with ``{shard}`` the shard's name."""
+    template = sql.SQL(query)
+    return lambda shard: template.format(shard=sql.Literal(shard))
 
 
 def _list_filters(
-    *, status: str | None, tenant_id: UUID | None, waiting_for: str | None, created_from: datetime | None,
-    created_to: datetime | None, after: tuple[datetime, UUID] | None,
+    shard: str, *, status: str | None, tenant_id: UUID | None, waiting_for: str | None,
+    created_from: datetime | None, created_to: datetime | None, after: tuple[datetime, UUID] | None,
 ) -> tuple[sql.Composable, dict[str, Any]]:
-    """The WHERE clauses of the list for the filters that are set (only
-    those: a generic plan of "x IS NULL OR ..." would not use the indexes)."""
-    clauses: list[sql.Composable] = [sql.SQL("name = s.shard")]
+    """The WHERE clauses of the list, on ``shard``, for the filters that are
+    set (only those: a generic plan of "x IS NULL OR ..." would not use the
+    indexes)."""
+    clauses: list[sql.Composable] = [sql.SQL("name = {}").format(sql.Literal(shard))]
     params: dict[str, Any] = {}
     if status is not None:
         clauses.append(sql.SQL("status = %(status)s"))
@@ -1484,16 +1492,21 @@ def list_workflows(
     """Workflows of these shards, newest first (created_at, id), after the
     keyset ``after``: each shard's first ``limit`` in index order
     (workflows_by_created, or workflows_by_status with a status), merged."""
-    where, params = _list_filters(status=status, tenant_id=tenant_id, waiting_for=waiting_for,
-                                  created_from=created_from, created_to=created_to, after=after)
-    params.update(shards=_text_array(tuple(shards)), limit=limit)
-    query = sql.SQL(
-        "SELECT w.* FROM unnest(%(shards)s::text[]) AS s(shard) CROSS JOIN LATERAL ("
-        " SELECT name, id, tenant_id, version, status, waiting_for, left(error, 300), created_at, updated_at,"
-        " completed_at FROM workflows WHERE {where}"
-        " ORDER BY created_at DESC, id DESC LIMIT %(limit)s) w"
-        " ORDER BY w.created_at DESC, w.id DESC LIMIT %(limit)s"
-    ).format(where=where)
+    if not shards:
+        return []
+    params: dict[str, Any] = {"limit": limit}
+
+    def part(shard: str) -> sql.Composable:
+        where, filters = _list_filters(shard, status=status, tenant_id=tenant_id, waiting_for=waiting_for,
+                                       created_from=created_from, created_to=created_to, after=after)
+        params.update(filters)
+        return sql.SQL(
+            "SELECT name, id, tenant_id, version, status, waiting_for, left(error, 300) AS error, created_at,"
+            " updated_at, completed_at FROM workflows WHERE {} ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
+        ).format(where)
+
+    query = sql.SQL("SELECT * FROM ({}) w ORDER BY w.created_at DESC, w.id DESC LIMIT %(limit)s").format(
+        _per_shard(part, shards))
     cur = conn.cursor(row_factory=tuple_row)
     return [WorkflowSummary(*row) for row in cur.execute(query, params)]
 
@@ -1506,15 +1519,21 @@ def count_by_status(
     """How many workflows of these shards are in each of ``statuses`` (under
     the list's other filters), by one scan of workflows_by_status per shard
     and status that stops after ``cap`` rows (None: counts them all)."""
-    where, params = _list_filters(status=None, tenant_id=tenant_id, waiting_for=waiting_for,
-                                  created_from=created_from, created_to=created_to, after=None)
-    params.update(shards=_text_array(tuple(shards)), statuses=_text_array(statuses), cap=cap)
-    query = sql.SQL(
-        "SELECT st.status, sum(c.n)::bigint FROM unnest(%(shards)s::text[]) AS s(shard)"
-        " CROSS JOIN unnest(%(statuses)s::text[]) AS st(status) CROSS JOIN LATERAL ("
-        " SELECT count(*) AS n FROM (SELECT 1 FROM workflows WHERE {where} AND status = st.status"
-        " LIMIT %(cap)s) x) c GROUP BY st.status"
-    ).format(where=where)
+    if not shards or not statuses:
+        return {}
+    params: dict[str, Any] = {"cap": cap}
+
+    def counted(status: str) -> Callable[[str], sql.Composable]:
+        def part(shard: str) -> sql.Composable:
+            where, filters = _list_filters(shard, status=None, tenant_id=tenant_id, waiting_for=waiting_for,
+                                           created_from=created_from, created_to=created_to, after=None)
+            params.update(filters)
+            return sql.SQL("SELECT {status} AS status, count(*) AS n FROM (SELECT 1 FROM workflows WHERE {where}"
+                           " AND status = {status} LIMIT %(cap)s) x").format(status=sql.Literal(status), where=where)
+        return part
+
+    query = sql.SQL("SELECT status, sum(n)::bigint FROM ({}) c GROUP BY status").format(
+        sql.SQL(" UNION ALL ").join(_per_shard(counted(status), shards) for status in statuses))
     return {status: int(n) for status, n in conn.execute(query, params) if n}
 
 
@@ -1525,33 +1544,42 @@ def workflow_document(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID
     the workers whose heartbeat names its shard, and the database clock.
     Rows go out whole (``to_jsonb``), so columns added later show up. None
     when this tenant (None = any) has no such workflow."""
-    row = conn.execute(
-        "SELECT CASE WHEN w IS NULL THEN NULL ELSE json_build_object("
-        " 'now', now(),"
-        " 'workflow', to_jsonb(w) - 'activity_results',"
-        " 'history', (SELECT coalesce(json_agg(to_jsonb(e) ORDER BY e.sequence_num, e.created_at, e.id), '[]')"
-        "   FROM history_events e WHERE e.workflow_name = %(shard)s AND e.workflow_id = %(id)s),"
-        " 'activities', (SELECT coalesce(json_agg(to_jsonb(a) ORDER BY a.sequence_num, a.created_at), '[]')"
-        "   FROM activities a WHERE a.workflow_name = %(shard)s AND a.workflow_id = %(id)s),"
-        " 'signals', (SELECT coalesce(json_agg(to_jsonb(g) ORDER BY g.created_at, g.id), '[]')"
-        "   FROM signals g WHERE g.workflow_name = %(shard)s AND g.workflow_id = %(id)s),"
-        " 'timers', (SELECT coalesce(json_agg(to_jsonb(t) ORDER BY t.sequence_num), '[]')"
-        "   FROM timers t WHERE t.workflow_name = %(shard)s AND t.workflow_id = %(id)s),"
-        " 'tasks', (SELECT coalesce(json_agg(to_jsonb(q) || jsonb_build_object("
-        "     'due_in_seconds', extract(epoch FROM q.visibility_timeout - now())) ORDER BY q.visibility_timeout), '[]')"
-        "   FROM task_queue q WHERE q.workflow_name = %(shard)s AND q.workflow_id = %(id)s),"
-        " 'dead_letters', (SELECT coalesce(json_agg(to_jsonb(d) - 'input' ORDER BY d.id), '[]')"
-        "   FROM dead_letter_queue d WHERE d.workflow_name = %(shard)s AND d.workflow_id = %(id)s),"
-        " 'workers', (SELECT coalesce(json_agg(json_build_object('owner', h.owner, 'host', h.host, 'pid', h.pid,"
-        "     'last_beat', h.last_beat, 'beat_age_seconds', extract(epoch FROM now() - h.last_beat))"
-        "     ORDER BY h.owner), '[]')"
-        "   FROM worker_heartbeats h WHERE %(shard)s = ANY(h.shards))"
-        ")::text END"
-        " FROM (SELECT 1) one LEFT JOIN workflows w"
-        "   ON w.name = %(shard)s AND w.id = %(id)s AND (%(tenant)s::uuid IS NULL OR w.tenant_id = %(tenant)s::uuid)",
-        {"shard": shard, "id": workflow_id, "tenant": tenant_id},
+    key = {"shard": shard, "id": workflow_id, "tenant": tenant_id}
+
+    def one(query: str) -> str:
+        row = conn.execute(query, key).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    # One statement per table, each on one shard value (Citus routes each; it
+    # answers a join of them with a coordinator table wrongly, with no error).
+    found = conn.execute(
+        "SELECT (to_jsonb(w) - 'activity_results')::text FROM workflows w WHERE w.name = %(shard)s AND w.id = %(id)s"
+        " AND (%(tenant)s::uuid IS NULL OR w.tenant_id = %(tenant)s::uuid)", key,
     ).fetchone()
-    return None if row is None else row[0]
+    if found is None:
+        return None
+    parts = {
+        "now": one("SELECT to_json(now())::text"),
+        "workflow": found[0],
+        "history": one("SELECT coalesce(json_agg(to_jsonb(e) ORDER BY e.sequence_num, e.created_at, e.id), '[]')::text"
+                       " FROM history_events e WHERE e.workflow_name = %(shard)s AND e.workflow_id = %(id)s"),
+        "activities": one("SELECT coalesce(json_agg(to_jsonb(a) ORDER BY a.sequence_num, a.created_at), '[]')::text"
+                          " FROM activities a WHERE a.workflow_name = %(shard)s AND a.workflow_id = %(id)s"),
+        "signals": one("SELECT coalesce(json_agg(to_jsonb(g) ORDER BY g.created_at, g.id), '[]')::text"
+                       " FROM signals g WHERE g.workflow_name = %(shard)s AND g.workflow_id = %(id)s"),
+        "timers": one("SELECT coalesce(json_agg(to_jsonb(t) ORDER BY t.sequence_num), '[]')::text"
+                      " FROM timers t WHERE t.workflow_name = %(shard)s AND t.workflow_id = %(id)s"),
+        "tasks": one("SELECT coalesce(json_agg(to_jsonb(q) || jsonb_build_object('due_in_seconds',"
+                     " extract(epoch FROM q.visibility_timeout - now())) ORDER BY q.visibility_timeout), '[]')::text"
+                     " FROM task_queue q WHERE q.workflow_name = %(shard)s AND q.workflow_id = %(id)s"),
+        "dead_letters": one("SELECT coalesce(json_agg(to_jsonb(d) - 'input' ORDER BY d.id), '[]')::text"
+                            " FROM dead_letter_queue d WHERE d.workflow_name = %(shard)s AND d.workflow_id = %(id)s"),
+        "workers": one("SELECT coalesce(json_agg(json_build_object('owner', h.owner, 'host', h.host, 'pid', h.pid,"
+                       " 'last_beat', h.last_beat, 'beat_age_seconds', extract(epoch FROM now() - h.last_beat))"
+                       " ORDER BY h.owner), '[]')::text FROM worker_heartbeats h WHERE %(shard)s = ANY(h.shards)"),
+    }
+    return "{" + ",".join(f"{msgspec.json.encode(k).decode()}:{v}" for k, v in parts.items()) + "}"
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -1573,22 +1601,26 @@ def list_dead_letters(
 ) -> list[DeadLetter]:
     """Dead letters of these shards, newest first (by id, a UUIDv7 made when
     the workflow failed), one primary-key scan per shard."""
-    clauses = [sql.SQL("d.workflow_name = s.shard")]
+    if not shards:
+        return []
+    clauses: list[sql.Composable] = []
     if tenant_id is not None:
         clauses.append(sql.SQL("d.tenant_id = %(tenant)s"))
     if after is not None:
         clauses.append(sql.SQL("d.id < %(after)s"))
     if not include_retried:
         clauses.append(sql.SQL("d.retried_at IS NULL"))
-    query = sql.SQL(
-        "SELECT x.*, w.status FROM unnest(%(shards)s::text[]) AS s(shard) CROSS JOIN LATERAL ("
-        " SELECT d.workflow_name, d.id, d.workflow_id, d.tenant_id, d.error, d.created_at, d.retried_at"
-        " FROM dead_letter_queue d WHERE {where} ORDER BY d.id DESC LIMIT %(limit)s) x"
-        " LEFT JOIN workflows w ON w.name = x.workflow_name AND w.id = x.workflow_id"
-        " ORDER BY x.id DESC LIMIT %(limit)s"
-    ).format(where=sql.SQL(" AND ").join(clauses))
+
+    def part(shard: str) -> sql.Composable:
+        where = sql.SQL(" AND ").join([sql.SQL("d.workflow_name = {}").format(sql.Literal(shard)), *clauses])
+        return sql.SQL(
+            "SELECT d.workflow_name, d.id, d.workflow_id, d.tenant_id, d.error, d.created_at, d.retried_at, w.status"
+            " FROM dead_letter_queue d LEFT JOIN workflows w ON w.name = d.workflow_name AND w.id = d.workflow_id"
+            " WHERE {} ORDER BY d.id DESC LIMIT %(limit)s").format(where)
+
+    query = sql.SQL("SELECT * FROM ({}) x ORDER BY x.id DESC LIMIT %(limit)s").format(_per_shard(part, shards))
     cur = conn.cursor(row_factory=tuple_row)
-    params = {"shards": _text_array(tuple(shards)), "tenant": tenant_id, "after": after, "limit": limit}
+    params = {"tenant": tenant_id, "after": after, "limit": limit}
     return [DeadLetter(*row) for row in cur.execute(query, params)]
 
 
@@ -1605,18 +1637,24 @@ class FleetWorker(msgspec.Struct, frozen=True):
 
 
 def fleet_workers(conn: Conn) -> list[FleetWorker]:
-    """Every worker with a heartbeat row, with the leases it holds (by the
-    lease-owner index of each of its shards)."""
+    """Every worker with a heartbeat row, with the leases it holds (counted
+    per shard by the lease-owner index, apart from the heartbeats: the
+    heartbeats table is the coordinator's own under Citus)."""
     cur = conn.cursor(row_factory=tuple_row)
-    rows = cur.execute(
+    beats = cur.execute(
         "SELECT h.owner, h.pid, h.host, h.shard_group, h.shards, h.started_at, h.last_beat,"
-        " extract(epoch FROM now() - h.last_beat)::float8,"
-        " (SELECT count(*) FROM unnest(h.shards) AS s(shard) CROSS JOIN LATERAL ("
-        "   SELECT 1 FROM task_queue t WHERE t.workflow_name = s.shard AND t.lease_owner = h.owner"
-        "   AND t.visibility_timeout > now()) l)::int"
-        " FROM worker_heartbeats h ORDER BY h.host, h.pid"
+        " extract(epoch FROM now() - h.last_beat)::float8 FROM worker_heartbeats h ORDER BY h.host, h.pid"
     ).fetchall()
-    return [FleetWorker(*row) for row in rows]
+    shards = sorted({s for row in beats for s in row[4]})
+    leases: dict[str, int] = {}
+    if shards:
+        part = _on("SELECT lease_owner, count(*) AS n FROM task_queue WHERE workflow_name = {shard}"
+                   " AND lease_owner IS NOT NULL AND visibility_timeout > now() GROUP BY lease_owner")
+        for owner, n in conn.execute(sql.SQL("SELECT lease_owner, sum(n)::int FROM ({}) l GROUP BY lease_owner")
+                                     .format(_per_shard(part, shards))):
+            leases[owner] = int(n)
+    return [FleetWorker(owner, pid, host, group, served, started, beat, age, leases.get(owner, 0))
+            for owner, pid, host, group, served, started, beat, age in beats]
 
 
 class ShardQueue(msgspec.Struct, frozen=True):
@@ -1629,16 +1667,16 @@ class ShardQueue(msgspec.Struct, frozen=True):
 
 def shard_queues(conn: Conn, shards: list[str]) -> list[ShardQueue]:
     """Per shard: tasks queued, due, leased, and the age of the oldest due one."""
-    cur = conn.cursor(row_factory=tuple_row)
-    rows = cur.execute(
-        "SELECT s.shard, q.n, q.due, q.leased, q.oldest FROM unnest(%s::text[]) AS s(shard) CROSS JOIN LATERAL ("
-        " SELECT count(*)::int AS n, count(*) FILTER (WHERE visibility_timeout <= now())::int AS due,"
+    if not shards:
+        return []
+    part = _on(
+        "SELECT {shard}::text AS shard, count(*)::int AS n,"
+        " count(*) FILTER (WHERE visibility_timeout <= now())::int AS due,"
         " count(*) FILTER (WHERE lease_owner IS NOT NULL AND visibility_timeout > now())::int AS leased,"
         " extract(epoch FROM now() - min(visibility_timeout) FILTER (WHERE visibility_timeout <= now()))::float8"
-        "   AS oldest"
-        " FROM task_queue WHERE workflow_name = s.shard) q ORDER BY s.shard",
-        (_text_array(tuple(shards)),),
-    ).fetchall()
+        " AS oldest FROM task_queue WHERE workflow_name = {shard}")
+    cur = conn.cursor(row_factory=tuple_row)
+    rows = cur.execute(sql.SQL("SELECT * FROM ({}) q ORDER BY q.shard").format(_per_shard(part, shards))).fetchall()
     return [ShardQueue(*row) for row in rows]
 
 
@@ -1669,28 +1707,31 @@ class ShardGauges(msgspec.Struct, frozen=True):
 
 
 def shard_gauges(conn: Conn, stale_seconds: float) -> list[ShardGauges]:
-    """The metrics' gauges for every shard that has workflows or a worker,
-    in one statement: a skip scan of the workflows' key for the shards (and
-    the heartbeats' shards), then per
-    shard the due range of ``task_queue_due``, its dead letters (by key) and
-    the heartbeats (a handful of rows)."""
+    """The metrics' gauges for every shard that has workflows or a worker:
+    the shards by a skip scan of the workflows' key (and the heartbeats'),
+    then per shard its due tasks, the oldest's age and its dead letters
+    (one statement, a part per shard) and the live workers serving it."""
     cur = conn.cursor(row_factory=tuple_row)
-    rows = cur.execute(
-        "WITH RECURSIVE n(name) AS ("
-        "  SELECT min(name) FROM workflows"
-        "  UNION ALL SELECT (SELECT min(w.name) FROM workflows w WHERE w.name > n.name) FROM n WHERE n.name IS NOT NULL),"
-        " s(name) AS (SELECT name FROM n WHERE name IS NOT NULL UNION SELECT unnest(shards) FROM worker_heartbeats)"
-        " SELECT n.name,"
-        " (SELECT count(*) FROM task_queue t WHERE t.workflow_name = n.name AND t.visibility_timeout <= now())::int,"
-        " (SELECT extract(epoch FROM now() - min(t.visibility_timeout)) FROM task_queue t"
-        "   WHERE t.workflow_name = n.name AND t.visibility_timeout <= now())::float8,"
-        " (SELECT count(*) FROM dead_letter_queue d WHERE d.workflow_name = n.name AND d.retried_at IS NULL)::int,"
-        " (SELECT count(*) FROM worker_heartbeats h"
-        "   WHERE n.name = ANY(h.shards) AND h.last_beat > now() - %s * interval '1 second')::int"
-        " FROM s AS n ORDER BY n.name",
-        (stale_seconds,),
+    beats = cur.execute(
+        "SELECT shards FROM worker_heartbeats WHERE last_beat > now() - %s * interval '1 second'", (stale_seconds,),
     ).fetchall()
-    return [ShardGauges(*row) for row in rows]
+    workers: dict[str, int] = {}
+    for (served,) in beats:
+        for shard in served:
+            workers[shard] = workers.get(shard, 0) + 1
+    listed = [row[0] for row in cur.execute(
+        "SELECT flows_shard_names() UNION SELECT unnest(shards) FROM worker_heartbeats").fetchall()]
+    shards = sorted(set(listed))
+    if not shards:
+        return []
+    part = _on(
+        "SELECT {shard}::text AS shard,"
+        " (SELECT count(*) FROM task_queue t WHERE t.workflow_name = {shard} AND t.visibility_timeout <= now())::int,"
+        " (SELECT extract(epoch FROM now() - min(t.visibility_timeout)) FROM task_queue t"
+        "   WHERE t.workflow_name = {shard} AND t.visibility_timeout <= now())::float8,"
+        " (SELECT count(*) FROM dead_letter_queue d WHERE d.workflow_name = {shard} AND d.retried_at IS NULL)::int")
+    rows = cur.execute(sql.SQL("SELECT * FROM ({}) g ORDER BY 1").format(_per_shard(part, shards))).fetchall()
+    return [ShardGauges(shard, due, oldest, dead, workers.get(shard, 0)) for shard, due, oldest, dead in rows]
 
 
 def database_now(conn: Conn) -> datetime:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +18,7 @@ import pytest
 from flows import Engine, Worker
 from tests import console_app as app
 from tests.conftest import ROOT
-from tests.integration.test_operations import ended, waiting
+from tests.integration.test_operations import age_by, ended, waiting
 
 FLOWS = str(Path(sys.executable).with_name("flows"))
 COMMANDS = ["migrate", "worker", "supervise", "status", "list", "show", "signal", "cancel", "retry", "dlq",
@@ -106,8 +107,7 @@ def test_dead_letters_retry_and_prune(db_url: str, engine: Engine, worker: Worke
 
     out = flows_cmd(db_url, "retry", "c-fragile", str(runs[0].workflow_id))
     assert out.returncode == 1 and "error: workflow c-fragile/" in out.stderr and "is completed" in out.stderr
-    db.execute("UPDATE workflows SET created_at = created_at - interval '2 days',"
-               " completed_at = completed_at - interval '2 days'")
+    age_by(db, timedelta(days=2))
     out = flows_cmd(db_url, "prune", "--older-than", "1d", "--batch", "1")
     assert out.returncode == 0 and out.stdout.startswith("pruned 2 workflow(s)"), out.stderr
     assert db.execute("SELECT count(*) FROM history_events").fetchone()[0] == 0  # type: ignore[index]
