@@ -19,6 +19,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from flows import migrate
 
+from loadtest import citus
+
 BACKENDS_GONE_TIMEOUT_SECONDS = 10.0
 STATS_FLUSH_SECONDS = 0.5  # an exiting backend flushes its statistics just after it closes the socket
 POLL_SECONDS = 0.05
@@ -53,6 +55,10 @@ class Server:
     def __init__(self, url: str) -> None:
         self.url = url
         self.conn = psycopg.connect(url, autocommit=True)
+        # A Citus coordinator (its database has the extension): each run's
+        # database is made on every node, with the workers registered.
+        citus_here = self.conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone()
+        self.citus_workers = citus.worker_urls(url) if citus_here else None
 
     def close(self) -> None:
         self.conn.close()
@@ -66,13 +72,19 @@ class Server:
         """Create ``name`` afresh (migrated with flows' migrations unless told
         otherwise) and return its DSN."""
         self.drop_database(name)
-        self.conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        dsn = dsn_for(self.url, name)
+        if self.citus_workers is not None:
+            dsn = citus.create_database(self.url, self.citus_workers, name)
+        else:
+            self.conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            dsn = dsn_for(self.url, name)
         if migrated:
             migrate.migrate(dsn)
         return dsn
 
     def drop_database(self, name: str) -> None:
+        if self.citus_workers is not None:
+            citus.drop_database(self.url, self.citus_workers, name)
+            return
         self.conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     def idle_databases(self, prefix: str) -> list[str]:
