@@ -53,14 +53,15 @@ class _Pending:
 
     attempt: Attempt
     lease_to: str | None
-    wake: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event | None = None  # only for an attempt that waits for another thread's recording
     done: bool = False
     leased: store.ActivityTask | None = None
     error: BaseException | None = None
 
     def finish(self, leased: store.ActivityTask | None, error: BaseException | None = None) -> None:
         self.leased, self.error, self.done = leased, error, True
-        self.wake.set()
+        if self.wake is not None:
+            self.wake.set()
 
 
 @dataclass(eq=False)
@@ -369,15 +370,18 @@ class ActivityRunner:
             return
         if not held:
             running.held = False
-            running.ctx._cancelled.set()
+            running.ctx._cancelled = True
 
     # -- the watchdog -------------------------------------------------------------
 
     def _watch_attempt(self, running: Running) -> None:
+        deadline = self._deadline_of(running)
         with self._watch_cond:
             self._watch_seq += 1
-            heapq.heappush(self._watch, (self._deadline_of(running), self._watch_seq, running))
-            self._watch_cond.notify()
+            earliest = not self._watch or deadline < self._watch[0][0]
+            heapq.heappush(self._watch, (deadline, self._watch_seq, running))
+            if earliest:  # else the watchdog wakes for an earlier deadline first anyway
+                self._watch_cond.notify()
 
     def _rewatch(self, running: Running) -> None:
         with self._watch_cond:
@@ -426,7 +430,7 @@ class ActivityRunner:
     def _time_out(self, running: Running) -> None:
         if not running.end():
             return
-        running.ctx._cancelled.set()
+        running.ctx._cancelled = True
         with running.lock:  # stop the activity's code at its next Python instruction (or await)
             if running.thread is not None:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running.thread),
@@ -464,10 +468,12 @@ class ActivityRunner:
         mine = _Pending(attempt, lease_to)
         shard = attempt.task.shard
         with self._lock:
-            self._pending.setdefault(shard, []).append(mine)
             lead = shard not in self._recording
+            if not lead:
+                mine.wake = threading.Event()
+            self._pending.setdefault(shard, []).append(mine)
             self._recording.add(shard)
-        if not lead:
+        if mine.wake is not None:
             mine.wake.wait()  # recorded by the leader, or made the next leader
         if not mine.done:
             self._lead(shard)
@@ -497,6 +503,7 @@ class ActivityRunner:
             with self._lock:
                 rest = self._pending.get(shard, [])
                 if rest:
+                    assert rest[0].wake is not None
                     rest[0].wake.set()  # it leads the next round
                 else:
                     self._recording.discard(shard)

@@ -7,7 +7,6 @@ calls ``replay``, and writes the commands it returns in its transaction.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Generic, NoReturn, Sequence, TypeVar
@@ -133,7 +132,7 @@ class ActivityContext:
     attempt: int
     last_heartbeat: Any = None
     _beat: Callable[[Any], bool] | None = field(default=None, repr=False)
-    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+    _cancelled: bool = field(default=False, repr=False)
 
     @property
     def idempotency_key(self) -> str:
@@ -143,7 +142,7 @@ class ActivityContext:
     def is_cancelled(self) -> bool:
         """True once this attempt's result can no longer be recorded: it ran
         past its timeout, or its workflow ended, or another worker took it."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def heartbeat(self, details: Any = None) -> None:
         """Say the attempt is alive, with ``details`` (any JSON value) for the
@@ -153,10 +152,10 @@ class ActivityContext:
         is cancelled (see ``is_cancelled``): stop and let it propagate.
         Cheap to call often: beats reach the database at most a few times
         per heartbeat timeout."""
-        if self._cancelled.is_set():
+        if self._cancelled:
             raise ActivityCancelled(f"activity {self.activity_name} attempt {self.attempt} was cancelled")
         if self._beat is not None and not self._beat(details):
-            self._cancelled.set()
+            self._cancelled = True
             raise ActivityCancelled(f"activity {self.activity_name} attempt {self.attempt} was cancelled")
 
 

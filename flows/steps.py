@@ -73,14 +73,15 @@ class ReplayBudget:
     replaying thread (between two bytecodes: a replay blocked in C, which
     workflow code should never be, is ended by the server's
     idle_in_transaction_session_timeout instead). One thread watches all
-    replays; it sleeps while none runs."""
+    replays, looking every quarter of the budget, so starting and ending a
+    replay costs a lock and a dict entry, never a wake-up."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._running: dict[int, float] = {}  # thread id -> deadline (time.monotonic())
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._stopped = False
 
     @contextmanager
     def watch(self) -> Iterator[None]:
@@ -95,35 +96,29 @@ class ReplayBudget:
         """Start the calling thread's budget (parked code runs in pieces)."""
         if self.seconds <= 0:
             return
-        with self._cond:
+        with self._lock:
+            self._running[threading.get_ident()] = time.monotonic() + self.seconds
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="flows-replay-budget", daemon=True)
                 self._thread.start()
-            self._running[threading.get_ident()] = time.monotonic() + self.seconds
-            if len(self._running) == 1:
-                self._cond.notify()
 
     def disarm(self) -> None:
         if self.seconds > 0:
-            with self._cond:
+            with self._lock:
                 self._running.pop(threading.get_ident(), None)
 
     def _loop(self) -> None:
-        with self._cond:
-            while not self._stopped:
-                now = time.monotonic()
+        while not self._stop.wait(max(0.05, self.seconds / 4)):
+            now = time.monotonic()
+            with self._lock:
                 for tid, deadline in list(self._running.items()):
                     if deadline <= now:
-                        del self._running[tid]  # raised once; the thread's own exit finds it gone
+                        del self._running[tid]  # raised once; the thread's own disarm finds it gone
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid),
                                                                    ctypes.py_object(ReplayOverBudget))
-                wait = min(self._running.values(), default=None)
-                self._cond.wait(None if wait is None else max(0.0, wait - now))
 
     def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
+        self._stop.set()
 
 
 @dataclass

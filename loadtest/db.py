@@ -173,6 +173,14 @@ class Server:
         return [{"calls": int(c), "total_ms": float(t), "rows": int(r), "query": str(q)} for c, t, r, q in rows]
 
 
+def by_shard(names: Sequence[str], ids: Sequence[UUID]) -> dict[str, list[UUID]]:
+    """Workflow ids (ids[i] on names[i]) grouped by shard."""
+    grouped: dict[str, list[UUID]] = {}
+    for name, wid in zip(names, ids):
+        grouped.setdefault(name, []).append(wid)
+    return grouped
+
+
 def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
     return psycopg.connect(dsn, autocommit=autocommit)
 
@@ -212,16 +220,14 @@ class Monitor:
 
     def ended_among(self, names: list[str], ids: list[UUID]) -> int:
         """How many of these workflows (sharded name, id) have ended: primary
-        key look-ups, so a table full of older workflows costs nothing. The
-        LATERAL with OFFSET 0 keeps them look-ups: as a join, the planner
-        hashed all 110,000 workflows of the backlog for each poll (60-150 ms,
-        and its reads pushed the run's pages out of the shared cache)."""
-        return int(self._one(
-            "SELECT count(*) FROM unnest(%s::text[], %s::uuid[]) u(name, id) CROSS JOIN LATERAL ("
-            "  SELECT w.status FROM workflows w WHERE w.name = u.name AND w.id = u.id OFFSET 0) w"
-            " WHERE w.status IN ('completed', 'failed', 'cancelled')",
-            (names, ids),
-        )[0])
+        key look-ups, a statement per shard (routed to its shard on Citus),
+        so a table full of older workflows costs nothing (as a join to
+        unnest(...), the planner hashed all 110,000 workflows of the backlog
+        for each poll)."""
+        return sum(int(self._one(
+            "SELECT count(*) FROM workflows WHERE name = %s AND id = ANY(%s)"
+            " AND status IN ('completed', 'failed', 'cancelled')", (shard, shard_ids),
+        )[0]) for shard, shard_ids in by_shard(names, ids).items())
 
     def await_results(self, shards: list[str]) -> None:
         """Count the harness as one ``Engine.result()`` waiter on every
@@ -253,22 +259,22 @@ class Monitor:
             "SELECT w.id, extract(epoch FROM w.created_at), extract(epoch FROM w.completed_at), w.status"
             " FROM workflows w"
         )
-        rows = self._all(
-            query + " WHERE w.name = ANY(%s)" if ids is None else
-            query + " JOIN unnest(%s::text[], %s::uuid[]) u(name, id) ON w.name = u.name AND w.id = u.id",
-            (shards,) if ids is None else (shards, ids),
-        )
+        if ids is None:
+            rows = self._all(query + " WHERE w.name = ANY(%s)", (shards,))
+        else:
+            rows = [row for shard, shard_ids in by_shard(shards, ids).items()
+                    for row in self._all(query + " WHERE w.name = %s AND w.id = ANY(%s)", (shard, shard_ids))]
         return [(r[0], float(r[1]), None if r[2] is None else float(r[2]), r[3]) for r in rows]
 
     def activity_times(self, shards: list[str], ids: list[UUID]) -> list[tuple[float, float]]:
         """(scheduled, recorded) of each completed activity of these workflows (ids[i] on shards[i])."""
         return [
             (float(a), float(b))
+            for shard, shard_ids in by_shard(shards, ids).items()
             for a, b in self._all(
                 "SELECT extract(epoch FROM a.created_at), extract(epoch FROM a.completed_at) FROM activities a"
-                " JOIN unnest(%s::text[], %s::uuid[]) u(name, id) ON a.workflow_name = u.name AND a.workflow_id = u.id"
-                " WHERE a.status = 'completed'",
-                (shards, ids),
+                " WHERE a.workflow_name = %s AND a.workflow_id = ANY(%s) AND a.status = 'completed'",
+                (shard, shard_ids),
             )
         ]
 
