@@ -30,6 +30,7 @@ from flows.context import ActivityContext
 from flows.definitions import DEFAULT_ACTIVITY_TIMEOUT_SECONDS, ActivityDefinition
 from flows.errors import ConfigurationError
 from flows.steps import LEASE_GRACE_SECONDS, Attempt, News, StepWriter
+from flows.threads import Threads
 from flows.wakeups import BUSY_RECHECK_SECONDS, Ticket, Wake, Wakeups
 
 log = logging.getLogger("flows.worker")
@@ -126,7 +127,7 @@ class ActivityRunner:
         self._lock = threading.Lock()
         self._pending: dict[str, list[_Pending]] = {}  # attempt ends waiting for the shard's recorder
         self._recording: set[str] = set()  # shards with a recorder at work
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="flows-activity")
+        self._executor = Threads(concurrency, "flows-activity")
         self._watch: list[tuple[float, int, Running]] = []
         self._watch_seq = 0
         self._watch_cond = threading.Condition()
@@ -556,7 +557,7 @@ class ActivityRunner:
             deadline = time.monotonic() + graceful_timeout
             while self.free_slots() < self.concurrency and time.monotonic() < deadline:
                 time.sleep(0.05)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown(wait=False)
         self._recorders.shutdown(wait=False, cancel_futures=True)
         if self._loop is not None and self._loop_thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)

@@ -17,13 +17,11 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
-from flows import children, codec, metrics, sharding, store
+from flows import children, codec, continuation, metrics, sharding, store
 from flows.activity_runner import ActivityRunner
-from flows import continuation
 from flows.continuation import ReplayCache
 from flows.definitions import ActivityDefinition, WorkflowDefinition, registered_activities, registered_workflows
 from flows.engine import Engine
@@ -31,6 +29,7 @@ from flows.errors import ConfigurationError, ReplayOverBudget
 from flows.heartbeat import HEARTBEAT_SECONDS, HOST, STALE_SECONDS, Heartbeat
 from flows.schedules import Scheduler
 from flows.steps import News, Prepared, ReplayBudget, StepWriter, refused_by_database
+from flows.threads import Threads
 from flows.wakeups import ACTIVITY, BUSY_RECHECK_SECONDS, NEVER, REPLAY, Ticket, Wake, Wakeups
 
 log = logging.getLogger("flows.worker")
@@ -146,7 +145,7 @@ class Worker:
         self._lock = threading.Lock()
         self._pool: Any = None
         self._listener: Any = None
-        self._replay_executor: ThreadPoolExecutor | None = None
+        self._replay_executor: Threads | None = None
 
     # -- control ------------------------------------------------------------
 
@@ -208,7 +207,7 @@ class Worker:
             self.engine.dsn, min_size=1, max_size=self.concurrency + REPLAY_THREADS + 2, name="flows-worker",
             statement_timeout=STATEMENT_TIMEOUT_SECONDS, idle_in_transaction_timeout=IDLE_IN_TRANSACTION_SECONDS,
         )
-        self._replay_executor = ThreadPoolExecutor(REPLAY_THREADS, thread_name_prefix="flows-replay")
+        self._replay_executor = Threads(REPLAY_THREADS, "flows-replay")
         self.runner.start(self._pool)
         self.heartbeat.start(self._pool)
         if self.scheduler is not None:
@@ -527,7 +526,7 @@ class Worker:
 
     def _shutdown(self) -> None:
         if self._replay_executor is not None:
-            self._replay_executor.shutdown(wait=not self._immediate, cancel_futures=True)
+            self._replay_executor.shutdown(wait=not self._immediate)
         if self.runner.shutdown(0.0 if self._immediate else self.graceful_timeout):
             try:  # attempts still running: let others redo them now
                 with self._pool.connection() as conn, conn.transaction():

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+import psycopg
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_SECONDS = 15.0  # SIGTERM, then SIGKILL to the whole group
 READY_POLL_SECONDS = 0.05
@@ -86,6 +88,24 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND  # utime, stime (fields 14, 15)
+
+
+def server_pids(dsn: str) -> list[int]:
+    """The postmaster of the server and its children (the backends)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting('data_directory')").fetchone()
+    assert row is not None
+    try:
+        postmaster = int(Path(row[0], "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    pids = [postmaster]
+    for task in Path(f"/proc/{postmaster}/task").glob("*"):
+        try:
+            pids += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return pids
 
 
 def base_env(dsn: str, shards: int, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import flows
 
@@ -48,24 +47,6 @@ def targets(args: argparse.Namespace) -> list[Target]:
     ]
 
 
-def server_pids(dsn: str) -> list[int]:
-    """The postmaster of the server and its children (the backends)."""
-    with db.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT current_setting('data_directory')").fetchone()
-    assert row is not None
-    try:
-        postmaster = int(Path(row[0], "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return []
-    pids = [postmaster]
-    for task in Path(f"/proc/{postmaster}/task").glob("*"):
-        try:
-            pids += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return pids
-
-
 def cpu_at(samples: list[tuple[int, float, float]], step: int, which: int) -> float:
     """CPU seconds (column ``which``: 1 worker, 2 server) when ``step`` steps
     were done, interpolated between the samples."""
@@ -82,7 +63,7 @@ def measure_one(run: Run, steps: int, window: int) -> tuple[dict[str, float | No
         engine = flows.Engine(dsn, shards=run.shards)
         with run.fleet(APP, dsn, 1) as proc:
             workers = proc.children()
-            servers = server_pids(dsn)
+            servers = fleet.server_pids(dsn)
             execution = engine.start(app.long_loop, steps)
             samples: list[tuple[int, float, float]] = []  # (steps done, worker cpu s, server cpu s)
             with db.connect(dsn, autocommit=True) as conn:

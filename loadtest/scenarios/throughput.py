@@ -64,6 +64,7 @@ class BatchFigures:
     step_latencies_ms: list[float]
     series: Series
     worker_cpu_s: float  # user + system seconds of the worker processes during the batch
+    server_cpu_s: float  # of the PostgreSQL server's processes (all of them: the harness's polls included)
     statements: list[dict[str, Any]]  # pg_stat_statements, when the server preloads it
     profile: dict[str, list[tuple[str, float]]]  # py-spy summary, with --profile
 
@@ -97,6 +98,8 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
                 profiler.record(workers_pids, run.log_path("profile").parent, f"{run.stamp}-w{workers}")
             )
         cpu_before = sum(fleet.cpu_seconds(p) for p in workers_pids)
+        server = fleet.server_pids(dsn)
+        server_before = sum(fleet.cpu_seconds(p) for p in fleet.server_pids(dsn))
         started, t0 = workload.start_batch(engine, dsn, app.three_steps, range(n))
         shards = [e.workflow_name_sharded for e in started]
         ids = [e.workflow_id for e in started]
@@ -106,6 +109,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
         finally:
             monitor.close()
         cpu = sum(fleet.cpu_seconds(p) for p in workers_pids) - cpu_before
+        server_cpu = sum(fleet.cpu_seconds(p) for p in {*server, *fleet.server_pids(dsn)}) - server_before
     run.server.wait_backends_gone(dbname)
     delta = run.server.xact_counts(dbname).minus(before)
     writes = run.server.next_xid() - xid_before - (n + 1)  # less the start: 1 transaction, n savepoints
@@ -126,6 +130,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
         writes=writes if run.own_server else None,
         rollbacks=delta.rollbacks,
         worker_cpu_s=cpu,
+        server_cpu_s=server_cpu,
         step_latencies_ms=[(done - scheduled) * 1000.0 for scheduled, done in acts],
         series=stats.rate_series([done for _, done in acts], t0),
         statements=run.statements(dsn, len(acts), "step"),
@@ -153,6 +158,7 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
         metrics[f"{w}_xacts_per_step"] = fig.xacts_per_step
         metrics[f"{w}_write_xacts_per_step"] = None if fig.writes is None else fig.writes / max(1, fig.steps)
         metrics[f"{w}_worker_cpu_ms_per_step"] = 1000.0 * fig.worker_cpu_s / max(1, fig.steps)
+        metrics[f"{w}_server_cpu_ms_per_step"] = 1000.0 * fig.server_cpu_s / max(1, fig.steps)
         metrics[f"{w}_rollbacks"] = fig.rollbacks
         metrics[f"{w}_failed"] = fig.failed
         metrics[f"{w}_step_p50_ms"] = stats.percentile(fig.step_latencies_ms, 50)
