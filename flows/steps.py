@@ -537,7 +537,7 @@ class StepWriter:
         if attempt.error is None:
             assert attempt.output is not None
             output = msgspec.Raw(attempt.output)
-            ended = store.ActivityEnd(task.activity_id, "completed", task.attempt, output=output, details=details)
+            ended = store.ActivityEnd(task.activity_id, "completed", task.attempt, seq, output=output, details=details)
             recorded = (seq, history.ActivityCompleted(name, output, task.attempt, attempt.duration_seconds))
         else:
             error = codec.text(attempt.error)
@@ -564,7 +564,7 @@ class StepWriter:
                 return AttemptPlan(step, key, memory=memory, retry_events=new,
                                    news=News(wf.name, retries_in=[delay]) if alone else None,
                                    woke=metrics.attempt_woke(attempt.ended))
-            ended = store.ActivityEnd(task.activity_id, "failed", task.attempt, error=error, details=details)
+            ended = store.ActivityEnd(task.activity_id, "failed", task.attempt, seq, error=error, details=details)
             recorded = (seq, history.ActivityFailed(name, error, failures, attempt.duration_seconds))
         prepared = self.prepare(tx, state, lease_to, ended, recorded)
         prepared.woke = metrics.attempt_woke(attempt.ended)

@@ -866,6 +866,7 @@ class ActivityEnd(msgspec.Struct, omit_defaults=True):
     id: UUID
     status: str
     attempt: int
+    seq: int  # its step: the update names both unique keys of the row (see migration 053)
     output: msgspec.Raw | None = None
     error: str | None = None
     details: msgspec.Raw | None = None
