@@ -135,25 +135,43 @@ def test_dev_python_runs_the_quickstart_and_stops_the_server(stopped: Path) -> N
     assert not embedded.is_running(stopped)
 
 
+HOLD_PLUGIN = """
+import os, time
+from pathlib import Path
+
+def pytest_sessionfinish(session):
+    release, deadline = Path(os.environ["HOLD_UNTIL"]), time.monotonic() + 120
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+"""
+
+
 @pytest.mark.timeout(300)
 def test_two_dev_test_runs_at_once_share_the_server_and_stop_it(stopped: Path) -> None:
-    """The longer run still has its server when the shorter one ends first."""
+    """The longer run still has its server when the shorter one ends first.
+    The longer run is held at its end (a plugin waits for a file) so the
+    order does not depend on how busy the machine is."""
+    (stopped.parent / "hold_plugin.py").write_text(HOLD_PLUGIN)
+    release = stopped.parent / "release"
     env = {**_clean_env(stopped), "FLOWS_TEST_WORKERS": "1"}
     logs = [stopped.parent / "long.log", stopped.parent / "short.log"]
     with open(logs[0], "w") as out:
-        long = subprocess.Popen([str(ROOT / "dev"), "test", "-q", "tests/integration/test_readme.py",
-                                 "tests/integration/test_quickstart.py"],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while not embedded.is_running(stopped):
-        assert long.poll() is None and time.monotonic() < deadline, logs[0].read_text()
-        time.sleep(0.1)
-    with open(logs[1], "w") as out:
-        short = subprocess.run([str(ROOT / "dev"), "test", "-q", "tests/unit/test_sharding.py"], cwd=ROOT, env=env,
-                               stdout=out, stderr=subprocess.STDOUT, timeout=120)
-    assert short.returncode == 0, logs[1].read_text()
-    assert long.poll() is None, f"the longer run ended first; the test proves nothing:\n{logs[0].read_text()}"
-    assert embedded.is_running(stopped), "the shorter run stopped the server under the longer one"
+        long = subprocess.Popen([str(ROOT / "dev"), "test", "-q", "-p", "hold_plugin", "tests/unit/test_sharding.py"],
+                                cwd=ROOT, env={**env, "PYTHONPATH": str(stopped.parent), "HOLD_UNTIL": str(release)},
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not embedded.is_running(stopped):
+            assert long.poll() is None and time.monotonic() < deadline, logs[0].read_text()
+            time.sleep(0.1)
+        with open(logs[1], "w") as out:
+            short = subprocess.run([str(ROOT / "dev"), "test", "-q", "tests/unit/test_sharding.py"], cwd=ROOT,
+                                   env=env, stdout=out, stderr=subprocess.STDOUT, timeout=120)
+        assert short.returncode == 0, logs[1].read_text()
+        assert long.poll() is None, f"the longer run ended before it was released:\n{logs[0].read_text()}"
+        assert embedded.is_running(stopped), "the shorter run stopped the server under the longer one"
+    finally:
+        release.touch()
     assert long.wait(180) == 0, logs[0].read_text()
     assert not embedded.is_running(stopped)
 

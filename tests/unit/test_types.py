@@ -55,7 +55,7 @@ def test_a_users_module_type_checks_against_the_package_as_built(tmp_path: Path)
     src.mkdir()
     shutil.copy(ROOT / "pyproject.toml", src)
     for package in ("flows", "supervisor", "webapp", "loadtest"):
-        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "results"))
     build = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", "import setuptools; setuptools.setup()", "-q", "build_py",
          "--build-lib", str(lib)], cwd=src, capture_output=True, text=True, timeout=120,
