@@ -148,6 +148,27 @@ class Server:
         row = self.conn.execute("SELECT current_setting('track_commit_timestamp')").fetchone()
         return row is not None and row[0] == "on"
 
+    def two_phase_commits(self, dbname: str) -> int | None:
+        """On a Citus coordinator, the PREPARE TRANSACTIONs the worker nodes
+        have run for ``dbname`` so far (pg_stat_statements, preloaded by
+        ``python -m loadtest.citus``); the difference of two readings is how
+        many distributed transactions committed in two phases. None elsewhere."""
+        if self.citus_workers is None:
+            return None
+        # Created on the coordinator, Citus creates it on every node (a
+        # worker node refuses CREATE EXTENSION).
+        self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        total = 0
+        for url in self.citus_workers:
+            with psycopg.connect(url, autocommit=True) as node:
+                row = node.execute(
+                    "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+                    " WHERE d.datname = %s AND s.query ILIKE 'PREPARE TRANSACTION%%'",
+                    (dbname,),
+                ).fetchone()
+                total += int(row[0]) if row else 0
+        return total
+
     def reset_statements(self, dbname: str) -> None:
         self.conn.execute(
             "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = %s), 0)", (dbname,)

@@ -1,22 +1,24 @@
 """On a Citus cluster (FLOWS_TEST_CITUS): migrations distribute the
 workflow tables by their shard key, colocated, and leave the fleet's
 metadata on the coordinator; a database migrated before it had the
-extension is distributed afterwards with its rows."""
+extension is distributed afterwards with its rows; a shard moved to another
+node keeps its workflows running."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from flows import migrate
+from flows import Engine, Worker, migrate
 from loadtest import citus
+from tests import engine_app
 from tests.conftest import ADMIN_URL_ENV, CITUS_HOWTO, RUN_ENV, _citus_workers, create_database, drop_database, on_citus
 
 pytestmark = pytest.mark.skipif(not on_citus(), reason=CITUS_HOWTO)
@@ -119,3 +121,38 @@ def test_a_database_migrated_before_it_had_citus_is_distributed_by_running_the_m
         for name in CITUS_MIGRATIONS:
             conn.execute((migrate.MIGRATIONS_DIR / name).read_bytes())
     assert_rows_kept(url)
+
+
+def _placement(conn: psycopg.Connection[Any], shard_value: str) -> tuple[int, str, int]:
+    row = conn.execute(
+        "SELECT shardid, nodename, nodeport FROM citus_shards WHERE table_name = 'workflows'::regclass"
+        " AND shardid = get_shard_id_for_distribution_column('workflows', %s::text)", (shard_value,)).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1]), int(row[2])
+
+
+@pytest.mark.parametrize("transfer_mode", ["block_writes", "force_logical"])
+def test_a_shard_moved_to_another_node_keeps_its_waiting_workflow(
+    db: psycopg.Connection[Any], engine: Engine, start_worker: Callable[..., Worker], transfer_mode: str,
+) -> None:
+    """Rebalancing (docs/citus.md): a shard group moved under a running fleet
+    takes its parked workflow along; the workflow goes on on its new node."""
+    start_worker(engine_app.ALL_WORKFLOWS, engine_app.ALL_ACTIVITIES)
+    run = engine.start(engine_app.documents, ["identity", "income"])
+    engine.send_signal(run.workflow_name, run.workflow_id, "doc-identity", {"id": "DL-1"})
+    shard_value = run.workflow_name_sharded
+    shard, host, port = _placement(db, shard_value)
+    target = db.execute("SELECT nodename, nodeport FROM pg_dist_node WHERE groupid > 0 AND noderole = 'primary'"
+                        " AND (nodename, nodeport) <> (%s::text, %s::int) LIMIT 1", (host, port)).fetchone()
+    assert target is not None, "the cluster needs two worker nodes"
+    db.execute("SELECT citus_move_shard_placement(%s::bigint, %s::text, %s::int, %s::text, %s::int, shard_transfer_mode => %s::citus.shard_transfer_mode)",
+               (shard, host, port, target[0], target[1], transfer_mode))
+    assert _placement(db, shard_value)[1:] == (target[0], target[1])
+    engine.send_signal(run.workflow_name, run.workflow_id, "doc-income", {"id": "W2-2"})
+    assert engine.result(run.workflow_name, run.workflow_id, timeout=30) == [{"id": "DL-1"}, {"id": "W2-2"}]
+    # Every colocated table's shard of that value moved with it.
+    nodes = db.execute(
+        "SELECT DISTINCT nodename, nodeport FROM citus_shards WHERE shardid IN"
+        " (SELECT get_shard_id_for_distribution_column(t, %s::text) FROM unnest(%s::regclass[]) t)",
+        (shard_value, list(SHARD_KEYS))).fetchall()
+    assert nodes == [tuple(target)]
