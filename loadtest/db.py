@@ -59,6 +59,7 @@ class Server:
         # database is made on every node, with the workers registered.
         citus_here = self.conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone()
         self.citus_workers = citus.worker_urls(url) if citus_here else None
+        self._deallocs: list[tuple[Any, ...]] = []
 
     def close(self) -> None:
         self.conn.close()
@@ -148,26 +149,42 @@ class Server:
         row = self.conn.execute("SELECT current_setting('track_commit_timestamp')").fetchone()
         return row is not None and row[0] == "on"
 
-    def two_phase_commits(self, dbname: str) -> int | None:
-        """On a Citus coordinator, the PREPARE TRANSACTIONs the worker nodes
-        have run for ``dbname`` so far (pg_stat_statements, preloaded by
-        ``python -m loadtest.citus``); the difference of two readings is how
-        many distributed transactions committed in two phases. None elsewhere."""
-        if self.citus_workers is None:
-            return None
+    def _each_worker_node(self, dbname: str, statement: str) -> list[tuple[Any, ...]]:
+        assert self.citus_workers is not None
         # Created on the coordinator, Citus creates it on every node (a
         # worker node refuses CREATE EXTENSION).
         self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        total = 0
+        rows = []
         for url in self.citus_workers:
             with psycopg.connect(url, autocommit=True) as node:
-                row = node.execute(
-                    "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
-                    " WHERE d.datname = %s AND s.query ILIKE 'PREPARE TRANSACTION%%'",
-                    (dbname,),
-                ).fetchone()
-                total += int(row[0]) if row else 0
-        return total
+                row = node.execute(statement, (dbname,)).fetchone()
+                assert row is not None
+                rows.append(tuple(row))
+        return rows
+
+    def reset_two_phase_commits(self, dbname: str) -> bool:
+        """On a Citus coordinator, start counting the PREPARE TRANSACTIONs the
+        worker nodes run for ``dbname`` (pg_stat_statements there, preloaded
+        by ``python -m loadtest.citus``): False elsewhere."""
+        if self.citus_workers is None:
+            return False
+        self._deallocs = self._each_worker_node(dbname, (
+            "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = %s), 0),"
+            " (SELECT dealloc FROM pg_stat_statements_info)"))
+        return True
+
+    def two_phase_commits(self, dbname: str) -> int | None:
+        """The PREPARE TRANSACTIONs counted since ``reset_two_phase_commits``,
+        or None if pg_stat_statements evicted entries meanwhile (each
+        PREPARE has an entry of its own, so a count after evictions is
+        short)."""
+        rows = self._each_worker_node(dbname, (
+            "SELECT coalesce(sum(s.calls), 0), (SELECT dealloc FROM pg_stat_statements_info)"
+            " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+            " WHERE d.datname = %s AND s.query ILIKE 'PREPARE TRANSACTION%%'"))
+        if [d for _, d in rows] != [d for _, d in self._deallocs]:
+            return None
+        return sum(int(n) for n, _ in rows)
 
     def reset_statements(self, dbname: str) -> None:
         self.conn.execute(

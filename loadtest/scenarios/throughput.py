@@ -104,7 +104,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
         started, t0 = workload.start_batch(engine, dsn, app.three_steps, range(n))
         # Counted while the fleet runs steps: not the start (one transaction
         # over every shard) nor the fleet's shutdown (releasing its leases).
-        prepared_before = run.server.two_phase_commits(dbname)
+        counting_2pc = run.server.reset_two_phase_commits(dbname)
         shards = [e.workflow_name_sharded for e in started]
         ids = [e.workflow_id for e in started]
         monitor = db.Monitor(dsn)
@@ -112,7 +112,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
             run.wait_for(f"{n} workflows, {workers}w", n, lambda: monitor.ended_among(shards, ids), procs=(proc,))
         finally:
             monitor.close()
-        prepared_after = run.server.two_phase_commits(dbname)
+        prepared = run.server.two_phase_commits(dbname) if counting_2pc else None
         cpu = sum(fleet.cpu_seconds(p) for p in workers_pids) - cpu_before
         server_cpu = sum(fleet.cpu_seconds(p) for p in {*server, *fleet.server_pids(dsn)}) - server_before
     run.server.wait_backends_gone(dbname)
@@ -139,8 +139,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
         step_latencies_ms=[(done - scheduled) * 1000.0 for scheduled, done in acts],
         series=stats.rate_series([done for _, done in acts], t0),
         statements=run.statements(dsn, len(acts), "step"),
-        two_phase_commits=None if prepared_before is None or prepared_after is None
-        else prepared_after - prepared_before,
+        two_phase_commits=prepared,
         profile=profiler.summarise(samples) if samples else {},
     )
 
@@ -167,7 +166,7 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
         metrics[f"{w}_worker_cpu_ms_per_step"] = 1000.0 * fig.worker_cpu_s / max(1, fig.steps)
         metrics[f"{w}_server_cpu_ms_per_step"] = 1000.0 * fig.server_cpu_s / max(1, fig.steps)
         metrics[f"{w}_rollbacks"] = fig.rollbacks
-        if fig.two_phase_commits is not None:
+        if run.server.citus_workers is not None:  # None: pg_stat_statements evicted entries, so unknown
             metrics[f"{w}_two_phase_commits"] = fig.two_phase_commits
         metrics[f"{w}_failed"] = fig.failed
         metrics[f"{w}_step_p50_ms"] = stats.percentile(fig.step_latencies_ms, 50)
