@@ -20,7 +20,7 @@ from loadtest.scenarios import SCENARIOS
 from loadtest.session import RESULTS_DIR, Run, RunTimeout
 
 DEFAULT_TIMEOUT_SECONDS = 300.0
-DEFAULT_SHARDS = 6  # splits evenly over 1, 2 or 3 workers
+DEFAULT_SHARDS = 8  # splits evenly over 1, 2, 4 or 8 workers (scaling's fleets)
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 

@@ -23,7 +23,6 @@ DEFAULT_FLEETS = "1,2,4,8"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workflows", type=int, default=throughput.DEFAULT_WORKFLOWS, help="workflows per fleet size")
     p.add_argument("--fleets", default=DEFAULT_FLEETS, help="fleet sizes, comma-separated (default %(default)s)")
-    p.set_defaults(shards=8)
 
 
 def targets(args: argparse.Namespace) -> list[Target]:
