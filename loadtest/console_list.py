@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         db.fill_workflows(dsn, args.workflows)
         print(f"filled {args.workflows:,} workflows in {time.perf_counter() - started:.1f} s")
-        app = create_app({"DATABASE_URL": dsn, "SHARDS": 3, "API_KEYS": ""})
+        app = create_app({"DATABASE_URL": dsn, "SHARDS": 3})  # FLOWS_API_KEYS unset: no authentication
         http = app.test_client()
         first = http.get("/console/?limit=1000")
         cursor = re.search(r'after=([^"&]+)', first.get_data(as_text=True))

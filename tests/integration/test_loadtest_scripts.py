@@ -1,0 +1,44 @@
+"""The load-test harness still runs against today's engine: each script is
+run small, as a user would run it, and must finish and report. Its figures
+are not checked here (performance is measured by running it, never by
+tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ADMIN_URL_ENV, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args: list[str], tmp_path: Path) -> str:
+    env = {**os.environ, "DATABASE_URL": os.environ[ADMIN_URL_ENV]}
+    out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def test_the_throughput_scenario_runs_and_writes_its_report(tmp_path: Path) -> None:
+    stdout = _run(["loadtest", "throughput", "--workflows", "20", "--fleets", "1", "--pgbench-seconds", "0",
+                   "--timeout", "200"], tmp_path)
+    assert "w1_steps_per_s" in stdout
+    written = [line.split()[1] for line in stdout.splitlines() if line.startswith("wrote ")]
+    assert written, stdout[-2000:]
+    report = json.loads(Path(written[0]).read_text())
+    assert report["metrics"]["w1_failed"] == 0
+    assert report["metrics"]["w1_steps_per_s"] > 0
+    Path(written[0]).unlink()
+    Path(written[0]).with_suffix(".png").unlink(missing_ok=True)
+
+
+def test_the_console_list_script_runs(tmp_path: Path) -> None:
+    stdout = _run(["loadtest.console_list", "--workflows", "300", "--repeat", "2"], tmp_path)
+    assert "first page" in stdout
