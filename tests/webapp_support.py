@@ -22,6 +22,8 @@ from webapp.extension import client as flows_client
 BASE = "/api/loans"
 TABLES = ("workflows", "activities", "history_events", "timers", "signals", "task_queue", "dead_letter_queue")
 JANE = "Jane Smith"  # credit score 753: passes every check
+# The spec's document ids (each with the serial number verification wants).
+DOCS = {"identity": "DL-987654321", "income": "W2-2023-456", "address": "UTIL-202401-789"}
 
 
 def make_app(db_url: str, **config: Any) -> Flask:

@@ -42,12 +42,14 @@ Spawn = Callable[..., subprocess.Popen[bytes]]
 
 @pytest.fixture
 def spawn_worker() -> Iterator[Spawn]:
-    """Start ``flows worker --app tests.engine_app`` (or ``app``) processes; kill leftovers after the test."""
+    """Start ``flows worker --app tests.engine_app`` (or ``app``, with
+    ``cli_args`` after it) processes; kill leftovers after the test."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(url: str, app: str = "tests.engine_app", **env: str) -> subprocess.Popen[bytes]:
+    def spawn(url: str, app: str = "tests.engine_app", cli_args: tuple[str, ...] = (),
+              **env: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "worker", "--app", app],
+            [sys.executable, "-m", "flows.cli", "worker", "--app", app, *cli_args],
             cwd=ROOT, env={**os.environ, "DATABASE_URL": url, "FLOWS_LOG_LEVEL": "WARNING", **env},
         )
         procs.append(proc)

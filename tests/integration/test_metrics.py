@@ -5,10 +5,8 @@ carries an id. And the database gauges of the web app's /metrics."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,7 +19,7 @@ import uuid6
 import flows
 from flows import Engine, metrics, sharding
 from tests import metrics_app
-from tests.conftest import ROOT
+from tests.integration.conftest import Spawn
 from tests.acceptance.loan_stack import free_port
 from tests.metrics_support import Scrape, assert_no_ids, attempts, count, scrape, settled, workflows
 
@@ -100,25 +98,15 @@ def metrics_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def spawn_worker(db_url: str, metrics_dir: Path) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+def spawn_worker(spawn_worker: Spawn, db_url: str, metrics_dir: Path) -> Callable[[str], subprocess.Popen[bytes]]:
     """``flows worker --app tests.metrics_app`` processes on these shard
     indices, writing their metrics in ``metrics_dir``; killed after the test."""
-    procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(shards: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "worker", "--app", "tests.metrics_app", "--shard-indices", shards],
-            cwd=ROOT, env={**os.environ, "DATABASE_URL": db_url, "FLOWS_LOG_LEVEL": "WARNING",
-                           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "FLOWS_HEARTBEAT_SECONDS": "1"},
-        )
-        procs.append(proc)
-        return proc
+        return spawn_worker(db_url, "tests.metrics_app", ("--shard-indices", shards),
+                            PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), FLOWS_HEARTBEAT_SECONDS="1")
 
-    yield spawn
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+    return spawn
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from flows import Worker
 from tests.webapp_support import (  # noqa: F401 - fixtures
+    DOCS,
     app,
     http,
     loan_worker,
@@ -22,8 +23,6 @@ from tests.webapp_support import (  # noqa: F401 - fixtures
     wait_status,
 )
 from webapp import loans
-
-DOCS = {"identity": "DL-987654321", "income": "W2-2023-456", "address": "UTIL-202401-789"}
 
 
 @pytest.fixture
