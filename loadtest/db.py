@@ -151,9 +151,6 @@ class Server:
 
     def _each_worker_node(self, dbname: str, statement: str) -> list[tuple[Any, ...]]:
         assert self.citus_workers is not None
-        # Created on the coordinator, Citus creates it on every node (a
-        # worker node refuses CREATE EXTENSION).
-        self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         rows = []
         for url in self.citus_workers:
             with psycopg.connect(url, autocommit=True) as node:
@@ -168,6 +165,9 @@ class Server:
         by ``python -m loadtest.citus``): False elsewhere."""
         if self.citus_workers is None:
             return False
+        # Created on the coordinator, Citus creates it on every node (a
+        # worker node refuses CREATE EXTENSION).
+        self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         self._deallocs = self._each_worker_node(dbname, (
             "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = %s), 0),"
             " (SELECT dealloc FROM pg_stat_statements_info)"))

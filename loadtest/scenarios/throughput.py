@@ -166,7 +166,7 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
         metrics[f"{w}_worker_cpu_ms_per_step"] = 1000.0 * fig.worker_cpu_s / max(1, fig.steps)
         metrics[f"{w}_server_cpu_ms_per_step"] = 1000.0 * fig.server_cpu_s / max(1, fig.steps)
         metrics[f"{w}_rollbacks"] = fig.rollbacks
-        if run.server.citus_workers is not None:  # None: pg_stat_statements evicted entries, so unknown
+        if run.server.citus_workers is not None:  # on Citus only; None (shown "-") after evictions
             metrics[f"{w}_two_phase_commits"] = fig.two_phase_commits
         metrics[f"{w}_failed"] = fig.failed
         metrics[f"{w}_step_p50_ms"] = stats.percentile(fig.step_latencies_ms, 50)
