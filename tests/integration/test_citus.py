@@ -44,14 +44,19 @@ def assert_distributed(conn: psycopg.Connection[Any]) -> None:
     assert len({colocation for _, _, colocation in tables.values()}) == 1  # all with workflows
 
 
+def nodes_holding(conn: psycopg.Connection[Any], shard_value: str) -> list[tuple[str, int]]:
+    """The nodes holding the shards of ``shard_value`` of every workflow table."""
+    rows = conn.execute(
+        "SELECT DISTINCT nodename, nodeport FROM citus_shards WHERE shardid IN"
+        " (SELECT get_shard_id_for_distribution_column(t, %s::text) FROM unnest(%s::regclass[]) t)",
+        (shard_value, list(SHARD_KEYS))).fetchall()
+    return [(str(name), int(port)) for name, port in rows]
+
+
 def test_the_workflow_tables_are_distributed_by_shard_key_and_colocated(db: psycopg.Connection[Any]) -> None:
     assert_distributed(db)
     # Colocated: one shard value's rows of every table sit in one shard group.
-    nodes = db.execute(
-        "SELECT DISTINCT nodename, nodeport FROM citus_shards WHERE shardid IN"
-        " (SELECT get_shard_id_for_distribution_column(t, 'loan-shard-1') FROM unnest(%s::regclass[]) t)",
-        (list(SHARD_KEYS),)).fetchall()
-    assert len(nodes) == 1
+    assert len(nodes_holding(db, "loan-shard-1")) == 1
 
 
 def test_fleet_metadata_stays_on_the_coordinator(db: psycopg.Connection[Any]) -> None:
@@ -145,14 +150,11 @@ def test_a_shard_moved_to_another_node_keeps_its_waiting_workflow(
     target = db.execute("SELECT nodename, nodeport FROM pg_dist_node WHERE groupid > 0 AND noderole = 'primary'"
                         " AND (nodename, nodeport) <> (%s::text, %s::int) LIMIT 1", (host, port)).fetchone()
     assert target is not None, "the cluster needs two worker nodes"
-    db.execute("SELECT citus_move_shard_placement(%s::bigint, %s::text, %s::int, %s::text, %s::int, shard_transfer_mode => %s::citus.shard_transfer_mode)",
+    db.execute("SELECT citus_move_shard_placement(%s::bigint, %s::text, %s::int, %s::text, %s::int,"
+               " shard_transfer_mode => %s::citus.shard_transfer_mode)",
                (shard, host, port, target[0], target[1], transfer_mode))
     assert _placement(db, shard_value)[1:] == (target[0], target[1])
     engine.send_signal(run.workflow_name, run.workflow_id, "doc-income", {"id": "W2-2"})
     assert engine.result(run.workflow_name, run.workflow_id, timeout=30) == [{"id": "DL-1"}, {"id": "W2-2"}]
     # Every colocated table's shard of that value moved with it.
-    nodes = db.execute(
-        "SELECT DISTINCT nodename, nodeport FROM citus_shards WHERE shardid IN"
-        " (SELECT get_shard_id_for_distribution_column(t, %s::text) FROM unnest(%s::regclass[]) t)",
-        (shard_value, list(SHARD_KEYS))).fetchall()
-    assert nodes == [tuple(target)]
+    assert nodes_holding(db, shard_value) == [(target[0], target[1])]

@@ -18,7 +18,7 @@ from tests.conftest import ADMIN_URL_ENV, ROOT
 pytestmark = pytest.mark.slow
 
 
-def _run(args: list[str], tmp_path: Path) -> str:
+def _run(args: list[str]) -> str:
     env = {**os.environ, "DATABASE_URL": os.environ[ADMIN_URL_ENV]}
     out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=240)
@@ -26,9 +26,9 @@ def _run(args: list[str], tmp_path: Path) -> str:
     return out.stdout
 
 
-def test_the_throughput_scenario_runs_and_writes_its_report(tmp_path: Path) -> None:
+def test_the_throughput_scenario_runs_and_writes_its_report() -> None:
     stdout = _run(["loadtest", "throughput", "--workflows", "20", "--fleets", "1", "--pgbench-seconds", "0",
-                   "--timeout", "200"], tmp_path)
+                   "--timeout", "200"])
     assert "w1_steps_per_s" in stdout
     written = [line.split()[1] for line in stdout.splitlines() if line.startswith("wrote ")]
     assert written, stdout[-2000:]
@@ -39,6 +39,6 @@ def test_the_throughput_scenario_runs_and_writes_its_report(tmp_path: Path) -> N
     Path(written[0]).with_suffix(".png").unlink(missing_ok=True)
 
 
-def test_the_console_list_script_runs(tmp_path: Path) -> None:
-    stdout = _run(["loadtest.console_list", "--workflows", "300", "--repeat", "2"], tmp_path)
+def test_the_console_list_script_runs() -> None:
+    stdout = _run(["loadtest.console_list", "--workflows", "300", "--repeat", "2"])
     assert "first page" in stdout
