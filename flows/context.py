@@ -67,8 +67,6 @@ class RecordEvent:
     event: msgspec.Struct
 
 
-
-
 @dataclass(frozen=True)
 class AwaitSignal:
     """A signal wait with a timeout: a timer that races the signal."""
