@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--workers", type=int, default=2, help="worker processes where one fleet runs (default 2)")
     common.add_argument("--own-server", action="store_true",
                         help="use a server of the harness's own with pg_stat_statements and commit timestamps")
+    common.add_argument("--nested-statements", action="store_true",
+                        help="--own-server, and count the statements the engine's SQL functions run inside them too"
+                        " (a function's time then shows twice: as its call and as its statements)")
     common.add_argument("--fleet-app", default=None, metavar="MODULE",
                         help="the module the fleet imports instead of the scenario's (it must register the same"
                         " workflows): try an engine change, e.g. a patched constant, without editing flows/")
@@ -69,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     params = {k: v for k, v in vars(args).items() if k != "scenario"}
     params["revision"] = code_revision()
     params["cpus"] = os.cpu_count()
+    own = args.own_server or args.nested_statements
     try:
         with (
-            server.server_url(args.own_server) as url,
-            Run(args.scenario, url, args.timeout, args.shards, args.fleet_app, own_server=args.own_server) as run,
+            server.server_url(own, args.nested_statements) as url,
+            Run(args.scenario, url, args.timeout, args.shards, args.fleet_app, own_server=own) as run,
         ):
             runs = []
             for i in range(args.repeat):

@@ -6,6 +6,8 @@ under ``loadtest/results/pgdata`` with pg_stat_statements preloaded (the
 per-statement breakdown) and track_commit_timestamp on (exact commit times
 for the wake-up figures), settings a shared server cannot take without a
 restart. It is stopped at the end of the run if the run started it.
+``--nested-statements`` also counts the statements the engine's PL/pgSQL
+functions run inside (``pg_stat_statements.track = all``).
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ OWN_SETTINGS = {"shared_preload_libraries": "pg_stat_statements", "track_commit_
 
 
 @contextlib.contextmanager
-def server_url(own: bool) -> Iterator[str]:
+def server_url(own: bool, nested: bool = False) -> Iterator[str]:
     if not own:
         yield embedded.database_url()
         return
     was_running = embedded.is_running(OWN_DATA_DIR)
     url = embedded.start(OWN_DATA_DIR)
     try:
-        if _configure(url):  # these settings take a restart
+        settings = {**OWN_SETTINGS, "pg_stat_statements.track": "all" if nested else "top"}
+        if _configure(url, settings):  # preloading takes a restart
             embedded.stop(OWN_DATA_DIR)
             url = embedded.start(OWN_DATA_DIR)
         yield url
@@ -39,12 +42,12 @@ def server_url(own: bool) -> Iterator[str]:
             embedded.stop(OWN_DATA_DIR)
 
 
-def _configure(url: str) -> bool:
-    """ALTER SYSTEM what differs from OWN_SETTINGS; True if anything changed."""
+def _configure(url: str, settings: dict[str, str]) -> bool:
+    """ALTER SYSTEM what differs from ``settings``; True if anything changed."""
     changed = False
     with psycopg.connect(url, autocommit=True) as conn:
-        for name, value in OWN_SETTINGS.items():
-            row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+        for name, value in settings.items():
+            row = conn.execute("SELECT current_setting(%s, true)", (name,)).fetchone()  # unset until preloaded
             if row is None or row[0] != value:
                 conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")  # fixed names and values of ours
                 changed = True
