@@ -90,6 +90,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND  # utime, stime (fields 14, 15)
 
 
+def reaped_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the children a process has reaped: a
+    postmaster's ended backends."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[13]) + int(fields[14])) / CLOCK_TICKS_PER_SECOND  # cutime, cstime (fields 16, 17)
+
+
+def server_cpu_seconds(dsn: str) -> float:
+    """CPU seconds of the server: its processes running now and those that
+    have ended (backends of connections that came and went)."""
+    pids = server_pids(dsn)
+    return sum(cpu_seconds(p) for p in pids) + (reaped_cpu_seconds(pids[0]) if pids else 0.0)
+
+
 def server_pids(dsn: str) -> list[int]:
     """The postmaster of the server and its children (the backends)."""
     with psycopg.connect(dsn, autocommit=True) as conn:

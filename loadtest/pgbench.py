@@ -47,16 +47,27 @@ def run_baseline(
 ) -> Baseline:
     """Run the script for ``seconds`` on ``dsn`` (a database pgbench may own)."""
     db.create_pgbench_tables(dsn)
+    return run_script(dsn, db.PGBENCH_SCRIPT, "<script: INSERT; UPDATE; COMMIT>", seconds=seconds, clients=clients,
+                      timeout=timeout)
+
+
+def run_script(
+    dsn: str, script: str, shown_as: str, *, seconds: int, clients: int = BASELINE_CLIENTS, timeout: float,
+    protocol: str = "simple",
+) -> Baseline:
+    """pgbench ``script`` (pgbench's own script language) for ``seconds``
+    with ``clients`` on ``dsn``; ``shown_as`` stands for it in the command
+    reported."""
     with tempfile.TemporaryDirectory(prefix="loadtest-pgbench-") as tmp:
-        script = Path(tmp) / "insert_update.sql"
-        script.write_text(db.PGBENCH_SCRIPT)
+        path = Path(tmp) / "script.sql"
+        path.write_text(script)
         argv = [
             pgbench_path(), "--no-vacuum", "--client", str(clients), "--jobs", str(BASELINE_THREADS),
-            "--time", str(seconds), "--file", str(script), dsn,
+            "--time", str(seconds), "--protocol", protocol, "--file", str(path), dsn,
         ]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     match = _TPS.search(out.stdout)
     if out.returncode != 0 or match is None:
         raise RuntimeError(f"pgbench failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
-    shown = " ".join(argv[:-2] + ["<script: INSERT; UPDATE; COMMIT>", "<dsn>"])
+    shown = " ".join(argv[:-2] + [shown_as, "<dsn>"])
     return Baseline(float(match.group(1)), shown)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from loadtest.scenarios import backlog, idle, loan, long, scaling, throughput, timers, wakeup
+from loadtest.scenarios import backlog, floor, idle, loan, long, scaling, throughput, timers, wakeup
 
 SCENARIOS: dict[str, ModuleType] = {
     "throughput": throughput,
@@ -17,4 +17,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "backlog": backlog,
     "long": long,
     "scaling": scaling,
+    "floor": floor,
 }

@@ -42,3 +42,18 @@ def test_the_throughput_scenario_runs_and_writes_its_report() -> None:
 def test_the_console_list_script_runs() -> None:
     stdout = _run(["loadtest.console_list", "--workflows", "300", "--repeat", "2"])
     assert "first page" in stdout
+
+
+def test_the_floor_scenario_runs_the_step_writes_and_counts_their_cpu() -> None:
+    stdout = _run(["loadtest", "floor", "--seconds", "1", "--timeout", "200"])
+    written = [line.split()[1] for line in stdout.splitlines() if line.startswith("wrote ")]
+    assert written, stdout[-2000:]
+    metrics = json.loads(Path(written[0]).read_text())["metrics"]
+    Path(written[0]).unlink()
+    Path(written[0]).with_suffix(".png").unlink(missing_ok=True)
+    assert metrics["floor_steps_per_s"] > 0
+    # pgbench's backends have ended when the CPU is read, and their time
+    # counts all the same: while pgbench runs they keep the server busy
+    # (more than a fifth of a core; the harness alone uses a few ms a second).
+    assert metrics["floor_server_cpu_ms_per_step"] * metrics["floor_steps_per_s"] > 200
+    assert metrics["pgbench_server_cpu_ms_per_xact"] * metrics["pgbench_tps"] > 200
