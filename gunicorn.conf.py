@@ -51,3 +51,14 @@ def on_exit(server: object) -> None:
     from flows import metrics
 
     metrics.remove_directory(os.environ.get(metrics.DIRECTORY_VARIABLE, ""))
+
+
+def worker_exit(server: object, worker: object) -> None:
+    # Close the worker's database pool while gevent still runs: left to the
+    # interpreter's exit, the pool's __del__ fails under gevent ("greenlet is
+    # being finalized") and prints a traceback at every shutdown.
+    from webapp.extension import client
+
+    app = getattr(worker, "wsgi", None)  # None when the app failed to load
+    if app is not None:
+        client.close(app)

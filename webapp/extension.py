@@ -138,7 +138,7 @@ class FlowsClient:
             log.warning("auth-disabled: FLOWS_API_KEYS is unset; every request acts as the default tenant")
 
     def close(self, app: Flask) -> None:
-        """Close the app's engine pool (tests; a server just exits)."""
+        """Close the app's engine pool (tests, and a gunicorn worker as it exits)."""
         state = self._state(app)
         with state.lock:
             if state.engine is not None:

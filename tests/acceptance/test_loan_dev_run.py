@@ -83,3 +83,4 @@ def test_dev_run_serves_the_walkthrough_and_stops_on_ctrl_c(db_url: str, tmp_pat
     while _group_alive(proc.pid):  # gunicorn and the worker are gone too
         assert time.monotonic() < deadline, f"processes left behind:\n{log.read_text()[-3000:]}"
         time.sleep(0.1)
+    assert "Traceback" not in log.read_text(), f"a traceback at shutdown:\n{log.read_text()[-3000:]}"
