@@ -81,23 +81,25 @@ class ProcessGroup:
         return self.proc.returncode
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used (0 once it is gone)."""
+def _cpu_ticks(pid: int, first: int) -> float:
+    """Seconds in two adjacent CPU fields of /proc/PID/stat, counted from
+    after the command name (0 once the process is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND  # utime, stime (fields 14, 15)
+    return (int(fields[first]) + int(fields[first + 1])) / CLOCK_TICKS_PER_SECOND
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (0 once it is gone)."""
+    return _cpu_ticks(pid, 11)  # utime, stime (fields 14, 15)
 
 
 def reaped_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of the children a process has reaped: a
     postmaster's ended backends."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[13]) + int(fields[14])) / CLOCK_TICKS_PER_SECOND  # cutime, cstime (fields 16, 17)
+    return _cpu_ticks(pid, 13)  # cutime, cstime (fields 16, 17)
 
 
 def server_cpu_seconds(dsn: str) -> float:
