@@ -167,6 +167,9 @@ def _host_port(url: str) -> tuple[str, int]:
     return str(info.get("host") or HOST), int(str(info.get("port") or 5432))
 
 
+NODE_REGISTRATION_LOCK = 0x666C6F77  # "flow": pg_advisory_lock key of node registrations
+
+
 def create_database(coordinator: str, workers: Sequence[str], name: str) -> str:
     """Create database ``name`` on the coordinator and on every worker node
     (given by any URL of theirs), with the ``citus`` extension in each and the
@@ -181,7 +184,12 @@ def create_database(coordinator: str, workers: Sequence[str], name: str) -> str:
         with _connect(make_conninfo(url, dbname=name)) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
     url = make_conninfo(coordinator, dbname=name)
-    with _connect(url) as conn:
+    # Adding a node copies the roles to it (ALTER ROLE on the node's shared
+    # catalog): two databases registering the same node at once fail with
+    # "tuple concurrently updated" there. One registration at a time,
+    # under an advisory lock of the coordinator's own database.
+    with _connect(coordinator) as guard, _connect(url) as conn:
+        guard.execute("SELECT pg_advisory_lock(%s)", (NODE_REGISTRATION_LOCK,))
         conn.execute("SELECT citus_set_coordinator_host(%s, %s)", _host_port(coordinator))
         known = set(conn.execute("SELECT nodename, nodeport FROM pg_dist_node").fetchall())
         for worker in workers:
