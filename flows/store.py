@@ -1454,14 +1454,20 @@ def _on(query: str) -> Callable[[str], sql.Composable]:
     return lambda shard: template.format(shard=sql.Literal(shard))
 
 
+def _on_shard(column: str, shard: str, clauses: list[sql.Composable]) -> sql.Composable:
+    """``column`` (the shard key, as written in the query) is ``shard``, and
+    every one of ``clauses``: the WHERE of one part of ``_per_shard``."""
+    return sql.SQL(" AND ").join([sql.SQL("{} = {}").format(sql.SQL(column), sql.Literal(shard)), *clauses])
+
+
 def _list_filters(
-    shard: str, *, status: str | None, tenant_id: UUID | None, waiting_for: str | None,
+    *, status: str | None, tenant_id: UUID | None, waiting_for: str | None,
     created_from: datetime | None, created_to: datetime | None, after: tuple[datetime, UUID] | None,
-) -> tuple[sql.Composable, dict[str, Any]]:
-    """The WHERE clauses of the list, on ``shard``, for the filters that are
-    set (only those: a generic plan of "x IS NULL OR ..." would not use the
-    indexes)."""
-    clauses: list[sql.Composable] = [sql.SQL("name = {}").format(sql.Literal(shard))]
+) -> tuple[list[sql.Composable], dict[str, Any]]:
+    """The list's WHERE clauses for the filters that are set (only those: a
+    generic plan of "x IS NULL OR ..." would not use the indexes), and their
+    parameters."""
+    clauses: list[sql.Composable] = []
     params: dict[str, Any] = {}
     if status is not None:
         clauses.append(sql.SQL("status = %(status)s"))
@@ -1482,7 +1488,7 @@ def _list_filters(
     if after is not None:
         clauses.append(sql.SQL("(created_at, id) < (%(after_at)s, %(after_id)s)"))
         params["after_at"], params["after_id"] = after
-    return sql.SQL(" AND ").join(clauses), params
+    return clauses, params
 
 
 def list_workflows(
@@ -1495,16 +1501,15 @@ def list_workflows(
     (workflows_by_created, or workflows_by_status with a status), merged."""
     if not shards:
         return []
-    params: dict[str, Any] = {"limit": limit}
+    filters, params = _list_filters(status=status, tenant_id=tenant_id, waiting_for=waiting_for,
+                                    created_from=created_from, created_to=created_to, after=after)
+    params["limit"] = limit
 
     def part(shard: str) -> sql.Composable:
-        where, filters = _list_filters(shard, status=status, tenant_id=tenant_id, waiting_for=waiting_for,
-                                       created_from=created_from, created_to=created_to, after=after)
-        params.update(filters)
         return sql.SQL(
             "SELECT name, id, tenant_id, version, status, waiting_for, left(error, 300) AS error, created_at,"
             " updated_at, completed_at FROM workflows WHERE {} ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
-        ).format(where)
+        ).format(_on_shard("name", shard, filters))
 
     query = sql.SQL("SELECT * FROM ({}) w ORDER BY w.created_at DESC, w.id DESC LIMIT %(limit)s").format(
         _per_shard(part, shards))
@@ -1522,15 +1527,15 @@ def count_by_status(
     and status that stops after ``cap`` rows (None: counts them all)."""
     if not shards or not statuses:
         return {}
-    params: dict[str, Any] = {"cap": cap}
+    filters, params = _list_filters(status=None, tenant_id=tenant_id, waiting_for=waiting_for,
+                                    created_from=created_from, created_to=created_to, after=None)
+    params["cap"] = cap
 
     def counted(status: str) -> Callable[[str], sql.Composable]:
         def part(shard: str) -> sql.Composable:
-            where, filters = _list_filters(shard, status=None, tenant_id=tenant_id, waiting_for=waiting_for,
-                                           created_from=created_from, created_to=created_to, after=None)
-            params.update(filters)
             return sql.SQL("SELECT {status} AS status, count(*) AS n FROM (SELECT 1 FROM workflows WHERE {where}"
-                           " AND status = {status} LIMIT %(cap)s) x").format(status=sql.Literal(status), where=where)
+                           " AND status = {status} LIMIT %(cap)s) x").format(
+                status=sql.Literal(status), where=_on_shard("name", shard, filters))
         return part
 
     query = sql.SQL("SELECT status, sum(n)::bigint FROM ({}) c GROUP BY status").format(
@@ -1613,11 +1618,10 @@ def list_dead_letters(
         clauses.append(sql.SQL("d.retried_at IS NULL"))
 
     def part(shard: str) -> sql.Composable:
-        where = sql.SQL(" AND ").join([sql.SQL("d.workflow_name = {}").format(sql.Literal(shard)), *clauses])
         return sql.SQL(
             "SELECT d.workflow_name, d.id, d.workflow_id, d.tenant_id, d.error, d.created_at, d.retried_at, w.status"
             " FROM dead_letter_queue d LEFT JOIN workflows w ON w.name = d.workflow_name AND w.id = d.workflow_id"
-            " WHERE {} ORDER BY d.id DESC LIMIT %(limit)s").format(where)
+            " WHERE {} ORDER BY d.id DESC LIMIT %(limit)s").format(_on_shard("d.workflow_name", shard, clauses))
 
     query = sql.SQL("SELECT * FROM ({}) x ORDER BY x.id DESC LIMIT %(limit)s").format(_per_shard(part, shards))
     cur = conn.cursor(row_factory=tuple_row)
