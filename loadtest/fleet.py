@@ -54,13 +54,7 @@ class ProcessGroup:
 
     def children(self) -> list[int]:
         """The direct children's pids (the fleet's workers)."""
-        pids: list[int] = []
-        for task in Path(f"/proc/{self.pid}/task").glob("*"):
-            try:
-                pids += [int(p) for p in (task / "children").read_text().split()]
-            except OSError:
-                pass
-        return pids
+        return child_pids(self.pid)
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
         """SIGTERM (graceful), then SIGKILL to the whole group after ``timeout``."""
@@ -118,8 +112,13 @@ def server_pids(dsn: str) -> list[int]:
         postmaster = int(Path(row[0], "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return []
-    pids = [postmaster]
-    for task in Path(f"/proc/{postmaster}/task").glob("*"):
+    return [postmaster, *child_pids(postmaster)]
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids of a process's direct children (none once it is gone)."""
+    pids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             pids += [int(p) for p in (task / "children").read_text().split()]
         except OSError:

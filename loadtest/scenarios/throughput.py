@@ -99,8 +99,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
                 profiler.record(workers_pids, run.log_path("profile").parent, f"{run.stamp}-w{workers}")
             )
         cpu_before = sum(fleet.cpu_seconds(p) for p in workers_pids)
-        server = fleet.server_pids(dsn)
-        server_before = sum(fleet.cpu_seconds(p) for p in fleet.server_pids(dsn))
+        server_before = fleet.server_cpu_seconds(dsn)
         started, t0 = workload.start_batch(engine, dsn, app.three_steps, range(n))
         # Counted while the fleet runs steps: not the start (one transaction
         # over every shard) nor the fleet's shutdown (releasing its leases).
@@ -114,7 +113,7 @@ def measure_batch(run: Run, dsn: str, workers: int, n: int, *, profile: bool = F
             monitor.close()
         prepared = run.server.two_phase_commits(dbname) if counting_2pc else None
         cpu = sum(fleet.cpu_seconds(p) for p in workers_pids) - cpu_before
-        server_cpu = sum(fleet.cpu_seconds(p) for p in {*server, *fleet.server_pids(dsn)}) - server_before
+        server_cpu = fleet.server_cpu_seconds(dsn) - server_before
     run.server.wait_backends_gone(dbname)
     delta = run.server.xact_counts(dbname).minus(before)
     writes = run.server.next_xid() - xid_before - (n + 1)  # less the start: 1 transaction, n savepoints
