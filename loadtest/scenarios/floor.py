@@ -6,12 +6,12 @@ leave in the tables what the loan spec describes after each step: the
 ended activity ``completed``, the next activity's row and its
 ``task_queue`` entry, two history events, and the workflow row updated;
 and the ended activity's task gone. This scenario runs exactly those
-statements, plain SQL by key and prepared (pgbench --protocol prepared), with a lock of the workflow row first (the
-ended activity and task are the ones the step itself inserts, so the
-tables keep the engine's shape: one more activity per step, none more in
-the queue), ``--steps-per-xact`` steps in each transaction (2: the engine's
-0.5 transactions per step), in a migrated flows database of 2,000
-workflows over 8 shards. Nothing reads a history, no PL/pgSQL, no JSON
+statements, plain SQL by key and prepared (pgbench --protocol prepared),
+with a lock of the workflow row first. The ended activity and task are
+the ones the step itself inserts, so the tables keep the engine's shape:
+one more activity per step, none more in the queue. ``--steps-per-xact``
+steps go in each transaction (2: the engine's 0.5 transactions per
+step), in a migrated flows database of 2,000 workflows over 8 shards. Nothing reads a history, no PL/pgSQL, no JSON
 document, no Python: a step costs no less than this on this server.
 
 The figures sit beside the throughput scenario's: the same pgbench
@@ -25,10 +25,11 @@ from __future__ import annotations
 import argparse
 import resource
 from dataclasses import dataclass
+from typing import Callable
 
 import psycopg
 
-from loadtest import db, fleet, pgbench
+from loadtest import fleet, pgbench
 from loadtest.report import Measurement, Target
 from loadtest.session import Run
 
@@ -106,15 +107,12 @@ class Cost:
     client_cpu_s: float
 
 
-def _costed(dsn: str, script: str | None, shown_as: str, seconds: int, timeout: float) -> Cost:
-    """Run pgbench (the baseline when ``script`` is None) and take the CPU
-    of the server's processes and of pgbench meanwhile."""
+def _costed(dsn: str, bench: Callable[[], pgbench.Baseline]) -> Cost:
+    """Run ``bench`` (a pgbench run on ``dsn``) and take the CPU of the
+    server's processes and of pgbench meanwhile."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before = fleet.server_cpu_seconds(dsn)
-    if script is None:
-        result = pgbench.run_baseline(dsn, seconds=seconds, timeout=timeout)
-    else:
-        result = pgbench.run_script(dsn, script, shown_as, seconds=seconds, timeout=timeout, protocol="prepared")
+    result = bench()
     server = fleet.server_cpu_seconds(dsn) - server_before
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     client = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -125,12 +123,13 @@ def measure(run: Run, args: argparse.Namespace) -> Measurement:
     metrics: dict[str, float | int | None] = {}
     m = Measurement(metrics, series_title="", latency_title="")
     timeout = max(1.0, run.remaining())
+    k = args.steps_per_xact
     with run.database(migrated=False) as dsn:
-        base = _costed(dsn, None, "", args.seconds, timeout)
+        base = _costed(dsn, lambda: pgbench.run_baseline(dsn, seconds=args.seconds, timeout=timeout))
     with run.database() as dsn:
-        new_id = _setup(dsn)
-        k = args.steps_per_xact
-        floor = _costed(dsn, step_script(k, new_id), f"<script: {k} steps' writes>", args.seconds, timeout)
+        script = step_script(k, _setup(dsn))
+        floor = _costed(dsn, lambda: pgbench.run_script(dsn, script, f"<script: {k} steps' writes>",
+                                                        seconds=args.seconds, timeout=timeout, protocol="prepared"))
     base_xacts = base.tps * args.seconds
     steps = floor.tps * k * args.seconds
     metrics["pgbench_tps"] = base.tps

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,17 +27,23 @@ def _run(args: list[str]) -> str:
     return out.stdout
 
 
+def _report(stdout: str) -> dict[str, Any]:
+    """The JSON report a scenario says it wrote; the files are removed."""
+    written = [line.split()[1] for line in stdout.splitlines() if line.startswith("wrote ")]
+    assert written, stdout[-2000:]
+    report: dict[str, Any] = json.loads(Path(written[0]).read_text())
+    Path(written[0]).unlink()
+    Path(written[0]).with_suffix(".png").unlink(missing_ok=True)
+    return report
+
+
 def test_the_throughput_scenario_runs_and_writes_its_report() -> None:
     stdout = _run(["loadtest", "throughput", "--workflows", "20", "--fleets", "1", "--pgbench-seconds", "0",
                    "--timeout", "200"])
     assert "w1_steps_per_s" in stdout
-    written = [line.split()[1] for line in stdout.splitlines() if line.startswith("wrote ")]
-    assert written, stdout[-2000:]
-    report = json.loads(Path(written[0]).read_text())
-    assert report["metrics"]["w1_failed"] == 0
-    assert report["metrics"]["w1_steps_per_s"] > 0
-    Path(written[0]).unlink()
-    Path(written[0]).with_suffix(".png").unlink(missing_ok=True)
+    metrics = _report(stdout)["metrics"]
+    assert metrics["w1_failed"] == 0
+    assert metrics["w1_steps_per_s"] > 0
 
 
 def test_the_console_list_script_runs() -> None:
@@ -45,12 +52,7 @@ def test_the_console_list_script_runs() -> None:
 
 
 def test_the_floor_scenario_runs_the_step_writes_and_counts_their_cpu() -> None:
-    stdout = _run(["loadtest", "floor", "--seconds", "1", "--timeout", "200"])
-    written = [line.split()[1] for line in stdout.splitlines() if line.startswith("wrote ")]
-    assert written, stdout[-2000:]
-    metrics = json.loads(Path(written[0]).read_text())["metrics"]
-    Path(written[0]).unlink()
-    Path(written[0]).with_suffix(".png").unlink(missing_ok=True)
+    metrics = _report(_run(["loadtest", "floor", "--seconds", "1", "--timeout", "200"]))["metrics"]
     assert metrics["floor_steps_per_s"] > 0
     # pgbench's backends have ended when the CPU is read, and their time
     # counts all the same: while pgbench runs they keep the server busy
