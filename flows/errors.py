@@ -17,6 +17,11 @@ class ConfigurationError(FlowsError):
     """A setting or a definition is wrong (bad shard count, duplicate name...)."""
 
 
+class MissingExtra(ConfigurationError, ImportError):
+    """A feature needs a package of an optional extra that is not installed;
+    the message names the extra to install (``pip install 'flows-pg[console]'``)."""
+
+
 class InvalidInput(FlowsError):
     """An argument cannot be used: not JSON-serialisable, wrong type, bad id.
 

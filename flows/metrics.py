@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, ContextManager, Iterator
 
-from flows import sharding, store
+from flows import extras, sharding, store
 
 log = logging.getLogger("flows.metrics")
 
@@ -217,6 +217,7 @@ def enable() -> bool:
         if not os.path.isdir(directory):
             log.warning("metrics-off: %s=%s is not a directory", DIRECTORY_VARIABLE, directory)
             return False
+        extras.require("prometheus_client", "metrics", f"Prometheus metrics ({DIRECTORY_VARIABLE} is set)")
         from prometheus_client import values
 
         if not getattr(values.ValueClass, "_multiprocess", False):
@@ -459,6 +460,7 @@ def exposition(
     up, and the database gauges (``connect()``: a connection to read them;
     ``key``: their cache's key, e.g. the DSN). ``accept``: the request's
     Accept header (OpenMetrics or Prometheus text)."""
+    extras.require("prometheus_client", "metrics", "Prometheus metrics")
     from prometheus_client import CollectorRegistry
     from prometheus_client.exposition import choose_encoder
     from prometheus_client.multiprocess import MultiProcessCollector

@@ -1,4 +1,8 @@
-"""Apply ``migrations/*.sql`` once each, in name order, recorded in a table.
+"""Apply ``flows/migrations/*.sql`` once each, in name order, recorded in a table.
+
+The files are package data of ``flows`` (read with ``importlib.resources``),
+so a wheel, an sdist and a checkout migrate alike; ``FLOWS_MIGRATIONS_DIR``
+points elsewhere.
 
 ``flows_schema_migrations`` records each applied file's name and the sha256
 of its bytes. A file applied once must never change (the database would not
@@ -16,6 +20,8 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import psycopg
@@ -25,21 +31,25 @@ from flows.errors import ConfigurationError, MigrationChanged
 
 log = logging.getLogger("flows.migrate")
 
-MIGRATIONS_DIR = Path(os.environ.get("FLOWS_MIGRATIONS_DIR") or Path(__file__).resolve().parent.parent / "migrations")
+MIGRATIONS_DIR: Traversable = (
+    Path(os.environ["FLOWS_MIGRATIONS_DIR"]) if os.environ.get("FLOWS_MIGRATIONS_DIR")
+    else resources.files("flows") / "migrations"
+)
 _LOCK_KEY = 0x666C6F7773  # "flows"
 TABLE = "flows_schema_migrations"
 
 
-def migration_files(directory: Path | None = None) -> list[Path]:
+def migration_files(directory: Traversable | None = None) -> list[Traversable]:
     """The migration files in name order; ConfigurationError if there are none."""
     directory = directory or MIGRATIONS_DIR
-    found = sorted(directory.glob("*.sql"))
+    files = directory.iterdir() if directory.is_dir() else ()
+    found = sorted((p for p in files if p.name.endswith(".sql")), key=lambda p: p.name)
     if not found:
         raise ConfigurationError(f"no migration files (*.sql) in {directory} (FLOWS_MIGRATIONS_DIR)")
     return found
 
 
-def checksum(path: Path) -> str:
+def checksum(path: Traversable) -> str:
     """The sha256 of a file's bytes, as recorded when it is applied."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -81,7 +91,7 @@ def _compare(conn: psycopg.Connection, files: dict[str, str]) -> tuple[Status, s
     ), state
 
 
-def _refuse(changed: list[str], directory: Path) -> MigrationChanged:
+def _refuse(changed: list[str], directory: Traversable) -> MigrationChanged:
     names = ", ".join(str(directory / name) for name in changed)
     return MigrationChanged(
         f"applied migration file(s) changed since they were applied to this database: {names}."
@@ -91,13 +101,13 @@ def _refuse(changed: list[str], directory: Path) -> MigrationChanged:
     )
 
 
-def status(conn: psycopg.Connection, directory: Path | None = None) -> Status:
+def status(conn: psycopg.Connection, directory: Traversable | None = None) -> Status:
     """Compare the database with the files, writing nothing (for a check at start-up)."""
     directory = directory or MIGRATIONS_DIR
     return _compare(conn, {p.name: checksum(p) for p in migration_files(directory)})[0]
 
 
-def check(conn: psycopg.Connection, directory: Path | None = None) -> list[str]:
+def check(conn: psycopg.Connection, directory: Traversable | None = None) -> list[str]:
     """Raise MigrationChanged naming every applied file that changed; return
     the files still pending (an empty list: the database is up to date)."""
     directory = directory or MIGRATIONS_DIR
@@ -107,7 +117,7 @@ def check(conn: psycopg.Connection, directory: Path | None = None) -> list[str]:
     return found.pending
 
 
-def apply(conn: psycopg.Connection, directory: Path | None = None) -> list[str]:
+def apply(conn: psycopg.Connection, directory: Traversable | None = None) -> list[str]:
     """Apply what is pending on ``conn`` (not in a transaction), all or
     nothing; return the names applied. Raises MigrationChanged, having run
     nothing, when an applied file changed."""
@@ -145,7 +155,7 @@ def apply(conn: psycopg.Connection, directory: Path | None = None) -> list[str]:
     return applied
 
 
-def migrate(dsn: str, directory: Path | None = None) -> list[str]:
+def migrate(dsn: str, directory: Traversable | None = None) -> list[str]:
     """Apply what is pending on the database at ``dsn``; DatabaseError naming
     the host if it cannot be reached."""
     with store.connect(dsn, autocommit=True, timeout_seconds=store.CONNECT_TIMEOUT_SECONDS) as conn:

@@ -34,9 +34,8 @@ from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-from croniter import CroniterBadCronError, croniter
 
-from flows import codec, metrics, sharding, store
+from flows import codec, extras, metrics, sharding, store
 from flows.definitions import WorkflowDefinition
 from flows.errors import InvalidInput
 
@@ -99,7 +98,7 @@ def spec(
     if not isinstance(schedule_id, str) or not schedule_id or len(schedule_id) > 200 or "\0" in schedule_id:
         raise InvalidInput(f"schedule_id must be a non-empty string of <= 200 chars, got {schedule_id!r}",
                            path="schedule_id")
-    if not isinstance(cron, str) or not croniter.is_valid(cron):
+    if not isinstance(cron, str) or not _croniter().croniter.is_valid(cron):
         raise InvalidInput(f"cron is not a valid cron expression: {cron!r}", path="cron")
     _zone(timezone)
     if overlap not in OVERLAP_POLICIES:
@@ -119,6 +118,10 @@ def spec(
     return Spec(schedule_id, tenant_id, workflow.name, workflow.version, data, cron, timezone, overlap, policy)
 
 
+def _croniter() -> Any:
+    return extras.require("croniter", "schedules", "schedules (cron expressions)")
+
+
 def _zone(timezone: str) -> ZoneInfo:
     try:
         return ZoneInfo(timezone)
@@ -129,9 +132,10 @@ def _zone(timezone: str) -> ZoneInfo:
 def next_tick(cron: str, timezone: str, after: datetime) -> datetime:
     """The first tick of ``cron`` in ``timezone`` strictly after ``after`` (UTC)."""
     local = after.astimezone(_zone(timezone))
+    cron_module = _croniter()
     try:
-        tick = croniter(cron, local).get_next(datetime)
-    except CroniterBadCronError as exc:
+        tick: datetime = cron_module.croniter(cron, local).get_next(datetime)
+    except cron_module.CroniterBadCronError as exc:
         raise InvalidInput(f"cron is not a valid cron expression: {cron!r}: {exc}", path="cron") from None
     return tick.astimezone(UTC)
 

@@ -1,9 +1,6 @@
-"""The pre-fork supervisor of a flows worker fleet.
+"""This repository's name for the fleet's supervisor, kept for its Procfile.
 
-``python -m supervisor --app MODULE`` forks one worker process per shard
-group, restarts the ones that die (releasing their leases at once), and
-stops them gracefully on SIGTERM. See ``docs/fleet.md``.
-
-Modules: ``arbiter`` (the supervisor's loop), ``child`` (fork and the worker
-process), ``exits`` (exit codes), ``logs`` (one line per event on stderr).
+The supervisor ships inside the library as ``flows.supervisor`` (``flows
+supervise``); this folder is not installed: ``python -m supervisor`` works
+from a checkout only.
 """

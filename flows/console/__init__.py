@@ -10,6 +10,10 @@ blueprint's static folder. Every action is a POST carrying the CSRF token
 of the console's signed cookie.
 """
 
-from flows.console.views import Access, console_blueprint
+from flows import extras
+
+extras.require("flask", "console", "the web console (flows.console)")
+
+from flows.console.views import Access, console_blueprint  # noqa: E402 - after the check of the extra
 
 __all__ = ["Access", "console_blueprint"]

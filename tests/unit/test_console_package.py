@@ -19,4 +19,4 @@ def test_every_template_and_static_file_is_package_data() -> None:
              if p.is_file()]
     assert any(f.endswith(".html") for f in files) and "static/htmx-2.0.11.min.js" in files
     assert [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)] == []
-    assert "flows*" in config["tool"]["setuptools"]["packages"]["find"]["include"]  # flows.console is found
+    assert "flows.*" in config["tool"]["setuptools"]["packages"]["find"]["include"]  # flows.console is found

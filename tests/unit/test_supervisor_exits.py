@@ -8,7 +8,7 @@ from typing import Callable
 
 import pytest
 
-from supervisor.exits import EXIT_BOOT_ERROR, ChildExit, classify
+from flows.supervisor.exits import EXIT_BOOT_ERROR, ChildExit, classify
 
 
 def _status_of(child: Callable[[], object]) -> int:

@@ -53,8 +53,9 @@ def test_a_users_module_type_checks_against_the_package_as_built(tmp_path: Path)
     annotations: a correct module passes, a wrong one is caught."""
     src, lib, user = tmp_path / "src", tmp_path / "lib", tmp_path / "user"
     src.mkdir()
-    shutil.copy(ROOT / "pyproject.toml", src)
-    for package in ("flows", "supervisor", "webapp", "loadtest"):
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src)
+    for package in ("flows",):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "results"))
     build = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", "import setuptools; setuptools.setup()", "-q", "build_py",

@@ -21,8 +21,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from supervisor import logs
-from supervisor.exits import EXIT_BOOT_ERROR, EXIT_ERROR, EXIT_OK
+from flows.supervisor import logs
+from flows.supervisor.exits import EXIT_BOOT_ERROR, EXIT_ERROR, EXIT_OK
 
 log = logging.getLogger("supervisor.child")
 

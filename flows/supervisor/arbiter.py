@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 from flows import metrics, migrate, sharding, store
 from flows.errors import DatabaseError, DatabaseUnavailable, FlowsError
-from supervisor import child as childproc
-from supervisor.child import Ready, WorkerSpec
-from supervisor.exits import EXIT_BOOT_ERROR, EXIT_DATABASE, EXIT_OK, ChildExit, classify, signal_name
+from flows.supervisor import child as childproc
+from flows.supervisor.child import Ready, WorkerSpec
+from flows.supervisor.exits import EXIT_BOOT_ERROR, EXIT_DATABASE, EXIT_OK, ChildExit, classify, signal_name
 
 log = logging.getLogger("supervisor")
 
