@@ -39,7 +39,9 @@ log = logging.getLogger("flows.worker")
 # whether a task of ours is due and wakes the loop if so.
 SAFETY_POLL_SECONDS = float(os.environ.get("FLOWS_SAFETY_POLL_SECONDS", "30"))
 DUE_MARGIN_SECONDS = 0.001  # wake this long after a task falls due, never just before it
-RECONNECT_MAX_SECONDS = 5.0
+# The longest wait between two tries while the database is away: a connection
+# refused costs nothing, and the fleet must be back soon after the server is.
+RECONNECT_MAX_SECONDS = 1.0
 GRACEFUL_TIMEOUT_SECONDS = float(os.environ.get("FLOWS_GRACEFUL_TIMEOUT", "30"))
 # Threads claiming and replaying workflow and timer tasks: replays mostly wait
 # on the database, so a few overlap well even under the GIL.
@@ -223,6 +225,8 @@ class Worker:
                 try:
                     if self._listener is None:
                         self._connect_listener()
+                        if backoff:  # the server is back: drop the pooled connections it closed meanwhile
+                            self._pool.check()
                         self._survey()  # at once: notifications sent meanwhile are lost
                         if self.scheduler is not None:
                             self.scheduler.poke()
