@@ -28,6 +28,7 @@ from flows import context
 from flows.context import Outcome, PendingSignal, WorkflowContext
 from flows.definitions import WorkflowDefinition
 from flows.errors import ReplayOverBudget
+from flows.threads import start_thread
 
 log = logging.getLogger("flows.worker")
 
@@ -38,7 +39,9 @@ PARK_MIN_EVENTS = int(os.environ.get("FLOWS_PARK_MIN_EVENTS", "100"))
 # workflows; the least recently used go first.
 CACHE_BYTES = int(os.environ.get("FLOWS_REPLAY_CACHE_BYTES", str(256 * 1024 * 1024)))
 CACHE_ENTRIES = int(os.environ.get("FLOWS_REPLAY_CACHE_ENTRIES", "2000"))
-_PARKED_STACK_BYTES = 512 * 1024
+# Each parked workflow holds a thread: its stack is reserved whatever the
+# code uses, so the cache's byte budget counts it for every parked entry.
+PARKED_STACK_BYTES = 512 * 1024
 _EXTRA_SECONDS = 5.0  # how much longer than the replay budget a caller waits for parked code
 
 
@@ -73,15 +76,9 @@ class Parked:
         return self._thread is not None and self._thread.is_alive() and not self._abandoned
 
     def start(self) -> Outcome:
-        old = threading.stack_size()
-        threading.stack_size(_PARKED_STACK_BYTES)
-        try:
-            self._thread = threading.Thread(target=self._main, name="flows-parked", daemon=True)
-        finally:
-            threading.stack_size(old)
         with self._cond:
             self._code_runs = True
-            self._thread.start()
+        self._thread = start_thread(self._main, "flows-parked", PARKED_STACK_BYTES)
         return self._await_park()
 
     def resume(self, events: Sequence[tuple[int, str, Any]], signals: list[PendingSignal], db_now: datetime) -> Outcome:
@@ -172,6 +169,11 @@ class Memory:
     size: int = 0
     run_events: int = 0  # how many events the run has
 
+    @property
+    def footprint(self) -> int:
+        """What keeping it costs: its history's bytes, and a parked thread's stack."""
+        return self.size + (PARKED_STACK_BYTES if self.parked is not None else 0)
+
     def forget(self) -> None:
         if self.parked is not None:
             self.parked.abandon()
@@ -180,7 +182,7 @@ class Memory:
 @dataclass
 class ReplayCache:
     """The workflows a worker remembers, least recently used first out,
-    within ``max_bytes`` and ``max_entries``. ``take`` hands an entry to one
+    within ``max_bytes`` (history and parked threads' stacks) and ``max_entries``. ``take`` hands an entry to one
     step (removing it), ``put`` keeps it again after the step committed."""
 
     max_bytes: int = CACHE_BYTES
@@ -202,7 +204,7 @@ class ReplayCache:
         with self._lock:
             memory = self._entries.pop(key, None)
             if memory is not None:
-                self._bytes -= memory.size
+                self._bytes -= memory.footprint
             return memory
 
     def put(self, key: tuple[str, Any], memory: Memory) -> None:
@@ -213,13 +215,13 @@ class ReplayCache:
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
-                self._bytes -= old.size
+                self._bytes -= old.footprint
                 evicted.append(old)
             self._entries[key] = memory
-            self._bytes += memory.size
+            self._bytes += memory.footprint
             while self._entries and (len(self._entries) > self.max_entries or self._bytes > self.max_bytes):
                 _, gone = self._entries.popitem(last=False)
-                self._bytes -= gone.size
+                self._bytes -= gone.footprint
                 evicted.append(gone)
         for gone in evicted:
             gone.forget()

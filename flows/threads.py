@@ -14,6 +14,27 @@ from typing import Any, Callable
 
 log = logging.getLogger("flows.worker")
 
+# threading.stack_size is process-wide and read when a thread *starts*: the
+# threads flows starts with a stack of their own size set it, start, and
+# restore it under this lock, so they never see each other's size.
+_STACK_SIZE_LOCK = threading.Lock()
+
+
+def start_thread(target: Callable[[], Any], name: str, stack_bytes: int = 0) -> threading.Thread:
+    """Start a daemon thread running ``target``, with a stack of
+    ``stack_bytes`` (0: the process's default)."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    if not stack_bytes:
+        thread.start()
+        return thread
+    with _STACK_SIZE_LOCK:
+        old = threading.stack_size(stack_bytes)
+        try:
+            thread.start()
+        finally:
+            threading.stack_size(old)
+    return thread
+
 
 class Threads:
     """``count`` daemon threads named ``name-N``, started at once, each
