@@ -16,7 +16,6 @@ import secrets
 import signal
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
@@ -30,7 +29,7 @@ from flows.heartbeat import HEARTBEAT_SECONDS, HOST, STALE_SECONDS, Heartbeat
 from flows.schedules import Scheduler
 from flows.steps import News, Prepared, ReplayBudget, StepWriter, refused_by_database
 from flows.threads import Threads
-from flows.wakeups import ACTIVITY, BUSY_RECHECK_SECONDS, NEVER, REPLAY, Ticket, Wake, Wakeups
+from flows.wakeups import ACTIVITY, NEVER, REPLAY, Dispatcher, Ticket, Wake, Waker
 
 log = logging.getLogger("flows.worker")
 
@@ -122,7 +121,11 @@ class Worker:
         self._stopping = threading.Event()
         self._immediate = False
         self._channels = {sharding.channel(s): s for s in self.shards}
-        self.wakeups = Wakeups(self.shards)
+        self.waker = Waker()
+        self.wakeups = Dispatcher(
+            self.shards, claim_batch=CLAIM_BATCH, notify=self.waker.wake,
+            survey_every=SAFETY_POLL_SECONDS if heartbeat_seconds <= 0 else NEVER,
+        )
         self.budget = ReplayBudget(REPLAY_BUDGET_SECONDS)
         self.heartbeat = Heartbeat(
             owner=self.owner, serves=self.serves, shard_group=",".join(map(str, indices)),
@@ -136,14 +139,9 @@ class Worker:
             lease_to=lambda: None if self._stopping.is_set() else self.owner, on_news=self._announce,
         )
         self.scheduler = Scheduler(engine.shards, self.owner) if schedules else None
-        self._safety_poll = SAFETY_POLL_SECONDS if heartbeat_seconds <= 0 else NEVER
-        self._survey_at = 0.0  # when to ask every shard again (heartbeats off)
         self._replayers = 0
         self._replay_failures = 0
         self._step_failures: dict[tuple[str, Any], int] = {}
-        self._backlog: set[str] = set()  # shards whose last claim found another task due: claimed in batches
-        self._in_flight: dict[str, int] = {}  # this worker's replay claims under way, per shard
-        self._held: set[str] = set()  # shards whose due tasks a claim found all held by our claims in flight
         self._lock = threading.Lock()
         self._pool: Any = None
         self._listener: Any = None
@@ -163,7 +161,7 @@ class Worker:
         # Handlers only record; the loop acts (a byte on the wake pipe wakes it).
         if threading.current_thread() is not threading.main_thread():
             return
-        signal.set_wakeup_fd(self.wakeups.wake_fd)
+        signal.set_wakeup_fd(self.waker.wake_fd)
 
         def graceful(signum: int, frame: object) -> None:
             self._stopping.set()
@@ -266,13 +264,12 @@ class Worker:
             rows = store.due_times(conn, self.serves)
         for kind in (REPLAY, ACTIVITY):
             self.wakeups.learn_survey(survey, kind, {shard: due for shard, k, due in rows if k == kind})
-        self._survey_at = time.monotonic() + self._safety_poll
 
     def _wait(self, timeout: float) -> None:
         """Sleep until a notification, a wake-up or ``timeout``; mark the
         shards the notifications name."""
         fds = [fd for fd in (self._listener and self._listener.fileno(), self.watch_fd) if fd is not None]
-        woken, ready = self.wakeups.wait(timeout, fds)
+        woken, ready = self.waker.wait(timeout, fds)
         if self.watch_fd is not None and self.watch_fd in ready:
             log.warning("supervisor-gone owner=%s: stopping", self.owner)
             self.watch_fd = None
@@ -296,10 +293,9 @@ class Worker:
     def _drain(self) -> float:
         """Claim what is due: workflow and timer tasks on the replay threads,
         activities up to the free slots here. Return how long to sleep."""
-        now = time.monotonic()
-        if now >= self._survey_at:
+        if self.wakeups.survey_due():
             self._survey()
-        if self.wakeups.due_now(REPLAY, now):
+        if self.wakeups.due_now(REPLAY):
             self._start_replayer(here=True)  # first: a signal's replay is what someone waits for
         if self.activities:
             while self.runner.free_slots() and (ticket := self.wakeups.take(ACTIVITY)) is not None:
@@ -307,8 +303,7 @@ class Worker:
         kinds = [] if self._replayers else [REPLAY]  # the last replay thread to run dry wakes the loop
         if self.activities and self.runner.free_slots():  # else a freed slot wakes it
             kinds.append(ACTIVITY)
-        deadline = min(self.wakeups.next_at(kinds), self._survey_at)
-        return min(deadline - time.monotonic() + DUE_MARGIN_SECONDS, 3600.0)
+        return self.wakeups.sleep_seconds(kinds, margin=DUE_MARGIN_SECONDS)
 
     # -- replays --------------------------------------------------------------
 
@@ -371,35 +366,17 @@ class Worker:
         others stay queued for any worker). Returns whether a task was
         claimed."""
         with self._claiming(ticket.shard):
-            if CLAIM_BATCH > 1 and ticket.shard in self._backlog:
+            if self.wakeups.batch_size(ticket.shard) > 1:
                 return self._run_batch(ticket)
             return self._run_one(ticket)
 
     @contextmanager
     def _claiming(self, shard: str) -> Iterator[None]:
-        """Count this worker's claims in flight per shard; when one found the
-        shard's due tasks all held meanwhile, the last to finish looks again."""
-        with self._lock:
-            self._in_flight[shard] = self._in_flight.get(shard, 0) + 1
+        self.wakeups.claim_started(shard)
         try:
             yield
         finally:
-            with self._lock:
-                self._in_flight[shard] -= 1
-                look_again = shard in self._held and self._in_flight[shard] == 0
-                if look_again:
-                    self._held.discard(shard)
-            if look_again:
-                self.wakeups.announce(REPLAY, [shard])
-
-    def _held_elsewhere(self, shard: str) -> float:
-        """A claim found the shard's due tasks all held by other transactions:
-        when they are ours (in flight here), the last of them to finish looks
-        again at once; another worker's are looked at again soon."""
-        with self._lock:
-            if self._in_flight.get(shard, 0) > 1:
-                self._held.add(shard)
-        return BUSY_RECHECK_SECONDS
+            self.wakeups.claim_ended(shard)
 
     def _run_one(self, ticket: Ticket) -> bool:
         slot = 0 if self._stopping.is_set() or not self.activities else self.runner.reserve(1)
@@ -412,12 +389,11 @@ class Worker:
                         claimed = store.claim_replay(tx, ticket.shard, self._versions[ticket.shard],
                                                      self.steps.whole_below, self.owner)
                         due = claimed.next_due
-                        if claimed.state is None and claimed.carry is None and due is not None and due <= 0:
-                            due = self._held_elsewhere(ticket.shard)
-                        self.wakeups.learn(ticket, due)
+                        took = claimed.state is not None or claimed.carry is not None
+                        if not took and due is not None and due <= 0:
+                            due = self.wakeups.held_elsewhere(ticket.shard)
+                        self.wakeups.learn(ticket, due, claimed=took)  # another due already: a backlog
                         state = claimed.state
-                        if (state is not None or claimed.carry is not None) and due is not None and due <= 0:
-                            self._backlog.add(ticket.shard)  # another is due already: take the next ones together
                         if state is not None:
                             if state.workflow.status != "running":
                                 return True
@@ -458,13 +434,12 @@ class Worker:
                 try:
                     with store.StepTransaction(conn) as tx:
                         states, due, carry = store.claim_replays(
-                            tx, ticket.shard, self._versions[ticket.shard], self.steps.whole_below, CLAIM_BATCH,
-                            self.owner)
-                        if not states and carry is None and due is not None and due <= 0:
-                            due = self._held_elsewhere(ticket.shard)
-                        self.wakeups.learn(ticket, due)
-                        if due is None or due > 0:
-                            self._backlog.discard(ticket.shard)
+                            tx, ticket.shard, self._versions[ticket.shard], self.steps.whole_below,
+                            self.wakeups.batch_size(ticket.shard), self.owner)
+                        took = bool(states) or carry is not None
+                        if not took and due is not None and due <= 0:
+                            due = self.wakeups.held_elsewhere(ticket.shard)
+                        self.wakeups.learn(ticket, due, claimed=took)
                         for state in states:
                             if state.workflow.status != "running":
                                 continue
@@ -478,7 +453,7 @@ class Worker:
                 except (Exception, ReplayOverBudget) as exc:
                     for p in prepared:
                         self.steps.abort(p)
-                    self._backlog.discard(ticket.shard)
+                    self.wakeups.leave_backlog(ticket.shard)
                     if isinstance(exc, store.TRANSIENT_ERRORS):
                         raise
                     log.warning("claim-batch-failed shard=%s error=%s: one task at a time", ticket.shard,
