@@ -1,6 +1,7 @@
 """A worker's heartbeat: its row in worker_heartbeats, kept fresh from a
-thread of its own so it beats on while the loop is busy or waiting for
-activities at shutdown.
+thread and a database connection of its own, so it beats on while the loop
+is busy, every pooled connection is in use, or activities finish at
+shutdown: a live worker is never taken for dead for being busy.
 
 Each beat is one statement that also says whether another worker serves the
 same shards (then our steps NOTIFY them), whether some worker has been
@@ -26,6 +27,8 @@ log = logging.getLogger("flows.worker")
 HEARTBEAT_SECONDS = float(os.environ.get("FLOWS_HEARTBEAT_SECONDS", "10"))
 STALE_SECONDS = float(os.environ.get("FLOWS_STALE_SECONDS", "30"))
 HOST = socket.gethostname()
+# A beat's statements are cut short well within the stale limit.
+BEAT_STATEMENT_TIMEOUT_SECONDS = 5.0
 
 
 class Heartbeat:
@@ -56,9 +59,13 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._pool: Any = None
 
-    def start(self, pool: Any) -> None:
+    def start(self, dsn: str) -> None:
         if self.seconds > 0:
-            self._pool = pool
+            # One connection of its own (a pool of one: it reconnects by itself).
+            self._pool = store.open_pool(
+                dsn, min_size=1, max_size=1, name="flows-heartbeat", timeout=max(1.0, self.stale_seconds / 3),
+                statement_timeout=min(BEAT_STATEMENT_TIMEOUT_SECONDS, max(0.5, self.stale_seconds / 3)),
+            )
             self._thread = threading.Thread(target=self._loop, name="flows-heartbeat", daemon=True)
             self._thread.start()
 
@@ -107,3 +114,5 @@ class Heartbeat:
                 store.unregister_worker(conn, self.owner)
         except Exception as exc:  # noqa: BLE001 - a supervisor or another worker sweeps the stale row later
             log.warning("heartbeat-unregister-failed owner=%s error=%s", self.owner, type(exc).__name__)
+        finally:
+            self._pool.close()

@@ -209,7 +209,7 @@ class Worker:
         )
         self._replay_executor = Threads(REPLAY_THREADS, "flows-replay")
         self.runner.start(self._pool)
-        self.heartbeat.start(self._pool)
+        self.heartbeat.start(self.engine.dsn)
         if self.scheduler is not None:
             self.scheduler.start(self._pool)
         metrics.enable()

@@ -126,3 +126,23 @@ def test_work_that_falls_due_unannounced_is_taken_at_the_next_beat(
     time.sleep(0.3)  # the worker has looked up its next due task: an hour away
     db.execute("UPDATE task_queue SET visibility_timeout = now() WHERE workflow_id = %s", (run.workflow_id,))  # no NOTIFY
     assert isinstance(engine.result(run.workflow_name, run.workflow_id, timeout=10), str)
+
+
+def test_a_worker_whose_pool_is_exhausted_keeps_beating(
+    db: psycopg.Connection[Any], start_worker: Callable[..., Worker]
+) -> None:
+    """Its heartbeat has a connection of its own: a worker busy enough to
+    use every pooled connection for longer than the stale limit is alive,
+    and must not be taken for dead (its leases released, its work redone)."""
+    worker = start_worker([fleet_app.order], [], heartbeat_seconds=0.2, stale_seconds=2.0)
+    first = wait_until(lambda: beats(db), what="a heartbeat row")[0][5]
+    pool = worker._pool
+    held = [pool.getconn(timeout=10) for _ in range(pool.max_size)]  # every connection, as busy steps would
+    try:
+        time.sleep(3.0)  # longer than the stale limit
+        last = beats(db)[0][5]
+        fresh = db.execute("SELECT clock_timestamp() - %s < interval '1 second'", (last,)).fetchone()[0]
+        assert last > first and fresh, f"the heartbeat stalled at {last} while the pool was in use"
+    finally:
+        for conn in held:
+            pool.putconn(conn)
