@@ -95,6 +95,9 @@ class StartChild:
     parent_close: str
 
 
+# wait_for_signal's default type: the one the workflow declares for the signal.
+DECLARED: Any = object()
+
 Command = ScheduleActivity | ConsumeSignal | StartTimer | RecordEvent | AwaitSignal | CancelTimer | StartChild
 PARENT_CLOSE_POLICIES = ("cancel", "abandon")
 
@@ -229,6 +232,7 @@ class WorkflowContext:
     _suspended: Suspend | None = None
     _diverged: NonDeterminismError | None = None
     _parker: Callable[[str], None] | None = None  # set while kept in memory
+    _signal_types: Callable[[str], Any] | None = None  # the workflow's declared signal types
 
     @property
     def _steps(self) -> dict[int, history.Step]:
@@ -350,9 +354,10 @@ class WorkflowContext:
                              lambda: True if sum(not (s := self._steps.get(h.seq)) or not s.done
                                                  for h in handles) < left else None)
 
-    def wait_for_signal(self, name: str, type: Any = Any, timeout: float | None = None) -> Any:
+    def wait_for_signal(self, name: str, type: Any = DECLARED, timeout: float | None = None) -> Any:
         """Return the payload of the oldest unconsumed signal ``name``, waiting
-        for one to arrive if there is none yet.
+        for one to arrive if there is none yet, decoded into ``type`` (by
+        default the type the workflow declares for it, else plain JSON).
 
         With ``timeout`` (seconds), a durable timer races the signal: if it
         fires first, ``flows.Timeout`` is raised. Whichever came first is
@@ -363,6 +368,9 @@ class WorkflowContext:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                     or not timeout >= 0):
             raise InvalidInput(f"timeout needs a number of seconds >= 0, got {timeout!r}")
+        if type is DECLARED:
+            declared = self._signal_types(name) if self._signal_types is not None else None
+            type = Any if declared is None else declared
         step = self._next("signal", name)
         seq = self._seq
         if step is None and timeout is not None and not self._signals.get(name):
@@ -500,6 +508,7 @@ def run_code(definition: WorkflowDefinition[Any, Any], ctx: WorkflowContext, inp
     """Run workflow code with ``ctx`` until it returns, raises or waits, and
     say what it decided; never raises for anything the workflow code does
     (but ReplayOverBudget, KeyboardInterrupt and SystemExit pass)."""
+    ctx._signal_types = definition.signal_type
     try:
         inp = codec.decode(input, definition.input_type)
         result = definition.fn(ctx, inp)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import inspect
 import random
+import fnmatch
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
 from flows.errors import ConfigurationError
 
@@ -82,9 +83,21 @@ class WorkflowDefinition(Generic[In, Out]):
     version: int = 1
     input_type: Any = field(default=Any)
     output_type: Any = field(default=Any)
+    signals: tuple[tuple[str, Any], ...] = ()  # (name or fnmatch pattern, payload type), as declared
 
     def __call__(self, ctx: Any, inp: In) -> Out:
         return self.fn(ctx, inp)
+
+    def signal_type(self, signal_name: str) -> Any | None:
+        """The payload type declared for ``signal_name`` (an exact name
+        before a pattern), or None if it declares none."""
+        for pattern, payload_type in self.signals:
+            if pattern == signal_name:
+                return payload_type
+        for pattern, payload_type in self.signals:
+            if fnmatch.fnmatchcase(signal_name, pattern):
+                return payload_type
+        return None
 
 
 # Workflows by (name, version): a process may hold several versions of one
@@ -167,7 +180,9 @@ def activity(
     return wrap
 
 
-def workflow(name: str, *, version: int = 1) -> Callable[[Callable[[Any, In], Out]], WorkflowDefinition[In, Out]]:
+def workflow(
+    name: str, *, version: int = 1, signals: Mapping[str, Any] | None = None,
+) -> Callable[[Callable[[Any, In], Out]], WorkflowDefinition[In, Out]]:
     """Declare ``fn(ctx: WorkflowContext, inp) -> out`` as a workflow.
 
     The function is replayed from the top each time the workflow wakes: it
@@ -178,15 +193,24 @@ def workflow(name: str, *, version: int = 1) -> Callable[[Callable[[Any, In], Ou
     version you still have runs of (``@workflow("order", version=1)`` and
     ``version=2`` on two functions) and hand all of them to the workers; new
     runs start with the one you pass to ``Engine.start``. For small changes
-    under running workflows, ``ctx.patched()`` avoids a new version."""
+    under running workflows, ``ctx.patched()`` avoids a new version.
+
+    ``signals`` declares the payload type of the signals it waits for, by
+    name or fnmatch pattern (``{"document-*": Document}``): ``send_signal``
+    refuses a payload that does not decode into it (InvalidInput, nothing
+    stored), and ``ctx.wait_for_signal(name)`` decodes into it when given
+    no ``type``."""
     _check_name(name)
+    declared = tuple((signals or {}).items())
+    if any(not isinstance(pattern, str) or not pattern for pattern, _ in declared):
+        raise ConfigurationError(f"workflow {name!r}: signals are declared by name (a non-empty string)")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= 2**31 - 1:
         raise ConfigurationError(f"workflow version must be a positive integer, got {version!r}")
 
     def wrap(fn: Callable[[Any, In], Out]) -> WorkflowDefinition[In, Out]:
         _check_workflow_function(fn)
         inp, out = _io_types(fn)
-        definition = WorkflowDefinition(name, fn, version, inp, out)
+        definition = WorkflowDefinition(name, fn, version, inp, out, declared)
         _register(_workflows, (name, version), "workflow", definition)
         return definition
 
@@ -199,6 +223,11 @@ def find_workflow(name: str, version: int | None = None) -> WorkflowDefinition[A
         return _workflows.get((name, version))
     found = [d for (n, _), d in _workflows.items() if n == name]
     return max(found, key=lambda d: d.version) if found else None
+
+
+def workflow_versions(name: str) -> list[WorkflowDefinition[Any, Any]]:
+    """Every registered version of the workflow ``name``."""
+    return [d for (n, _), d in _workflows.items() if n == name]
 
 
 def registered_workflows() -> list[WorkflowDefinition[Any, Any]]:

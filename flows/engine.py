@@ -22,7 +22,7 @@ import msgspec
 import uuid6
 
 from flows import codec, metrics, operations, schedules, sharding, store
-from flows.definitions import WorkflowDefinition, find_workflow
+from flows.definitions import WorkflowDefinition, find_workflow, workflow_versions
 from flows.errors import (
     ConfigurationError,
     DuplicateSignal,
@@ -619,6 +619,24 @@ def _check_signal_name(signal_name: object) -> str:
     return signal_name
 
 
+def check_signal_payload(definitions: list[WorkflowDefinition[Any, Any]], signal_name: str, data: bytes) -> None:
+    """Refuse a payload that no version of the workflow known here could
+    decode for ``signal_name`` (versions declaring no type for it accept
+    anything; a workflow this process does not know is not checked)."""
+    declared = [t for t in (d.signal_type(signal_name) for d in definitions) if t is not None]
+    if not declared or len(declared) < len(definitions):
+        return
+    errors: list[str] = []
+    for payload_type in declared:
+        try:
+            codec.decode(data, payload_type)
+            return
+        except InvalidInput as exc:
+            errors.append(str(exc))
+    raise InvalidInput(f"signal {signal_name!r}: the payload does not fit the type the workflow declares"
+                       f" ({getattr(declared[0], '__name__', declared[0])}): {errors[0]}", path="payload")
+
+
 def signal_with_start_request(
     shards: int, workflow: WorkflowDefinition[Any, Any], inp: Any, signal_name: str, payload: Any,
     tenant_id: object, workflow_id: object, timeout: float | None,
@@ -626,6 +644,7 @@ def signal_with_start_request(
     parts = _start_parts(shards, workflow, inp, tenant_id, workflow_id, timeout)
     name = _check_signal_name(signal_name)
     data = codec.encode(payload, "payload")
+    check_signal_payload([workflow], name, data)
     ex = parts.execution
     statement = store.signal_with_start(
         shard=ex.workflow_name_sharded, workflow_id=ex.workflow_id, tenant_id=ex.tenant_id, version=parts.version,
@@ -688,6 +707,7 @@ def signal_request(
     ):
         raise InvalidInput("dedup_key must be a non-empty string of <= 200 chars without NUL", path="dedup_key")
     data = codec.encode(payload, "payload")
+    check_signal_payload(workflow_versions(name), signal_name, data)
     signal_id = uuid6.uuid7()
     statement = store.send_signal_statement(
         shard=shard, workflow_id=wid, tenant_id=tenant, signal_id=signal_id, name=signal_name, payload=data,

@@ -249,7 +249,8 @@ def disburse_loan(ctx: flows.ActivityContext, inp: DisbursementInput) -> Disburs
 # -- the workflow ---------------------------------------------------------------
 
 
-@flows.workflow(WORKFLOW_NAME, version=1)
+@flows.workflow(WORKFLOW_NAME, version=1,
+                signals={"document-*": DocumentSubmitted, "manager-approval": ManagerApproval})
 def loan_application_workflow(ctx: flows.WorkflowContext, app: LoanApplication) -> LoanDecision:
     application_id = str(ctx.workflow_id)
 

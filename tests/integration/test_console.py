@@ -92,6 +92,11 @@ def test_signal_needs_the_csrf_token_and_then_moves_the_loan_on(http: FlaskClien
     wait_status(http, wid, waiting_for="signal:document-income")
     bad = http.post(f"{url}/signal", data={"signal": "x", "payload": "{not json", "csrf_token": token})
     assert bad.status_code == 400 and b"payload is not JSON" in bad.data
+    wrong_shape = http.post(f"{url}/signal", data={"signal": "document-income", "csrf_token": token,
+                                                   "payload": '{"document_type": "income", "document_id": "P-1"}'})
+    assert wrong_shape.status_code == 302  # refused: the loan declares the payload's type
+    assert b"Signal not sent" in (page := http.get(url).data) and b"uploaded_at" in page
+    assert db.execute("SELECT count(*) FROM signals WHERE signal_name = 'document-income'").fetchone() == (0,)
 
     assert http.post(f"{url}/cancel", data={"csrf_token": token}).status_code == 302
     page = http.get(url).data
