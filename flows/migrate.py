@@ -7,8 +7,11 @@ points elsewhere.
 ``flows_schema_migrations`` records each applied file's name and the sha256
 of its bytes. A file applied once must never change (the database would not
 hold what the file now says): a changed one is refused, by name, before
-anything runs. A table left by a release that recorded no checksums gains
-the column, and its rows take the current files' checksums.
+anything runs. So is a file not applied yet that sorts before one already
+applied (a hot-fix numbered into the past): that database would run the two
+in another order than a fresh one. A table left by a release that recorded
+no checksums gains the column, and its rows take the current files'
+checksums.
 
 Safe when several processes migrate at once: a transaction-level advisory
 lock serialises them, and the second finds nothing left to do.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -61,6 +64,7 @@ class Status:
     pending: list[str]  # files not applied yet, in order
     changed: list[str]  # applied files whose bytes differ from what was applied
     unchecked: list[str]  # applied files with no checksum recorded yet (an older release applied them)
+    out_of_order: list[str] = field(default_factory=list)  # pending files that sort before an applied one
 
 
 def _table_state(conn: psycopg.Connection) -> str:
@@ -75,7 +79,8 @@ def _table_state(conn: psycopg.Connection) -> str:
     return "current" if row[1] else "unchecked" if row[0] else "absent"
 
 
-def _compare(conn: psycopg.Connection, files: dict[str, str]) -> tuple[Status, str]:
+def _compare(conn: psycopg.Connection, files: dict[str, str]) -> tuple[Status, str, str | None]:
+    """The status, the table's state and the applied name that sorts last."""
     state = _table_state(conn)
     recorded: dict[str, str | None] = {}
     if state == "current":
@@ -84,11 +89,14 @@ def _compare(conn: psycopg.Connection, files: dict[str, str]) -> tuple[Status, s
         recorded = {name: None for (name,) in conn.execute(f"SELECT name FROM {TABLE}")}
     # Applied names without a file are left alone: a newer release's files,
     # or ones an older release folded into another.
+    pending = [name for name in files if name not in recorded]
+    last = max(recorded, default=None)
     return Status(
-        pending=[name for name in files if name not in recorded],
+        pending=pending,
         changed=[name for name, digest in recorded.items() if digest is not None and files.get(name, digest) != digest],
         unchecked=[name for name, digest in recorded.items() if digest is None and name in files],
-    ), state
+        out_of_order=[name for name in pending if last is not None and name < last],
+    ), state, last
 
 
 def _refuse(changed: list[str], directory: Traversable) -> MigrationChanged:
@@ -101,6 +109,21 @@ def _refuse(changed: list[str], directory: Traversable) -> MigrationChanged:
     )
 
 
+def _refusal(found: Status, last: str | None, directory: Traversable) -> MigrationChanged | None:
+    """Why the files cannot be applied to this database, if they cannot."""
+    if found.changed:
+        return _refuse(found.changed, directory)
+    if found.out_of_order:
+        names = ", ".join(str(directory / name) for name in found.out_of_order)
+        return MigrationChanged(
+            f"migration file(s) not applied yet sort before {last}, which this database has applied: {names}."
+            f" Files apply once each in name order, so this database would run them after {last} and a fresh"
+            " one before it: give a new file a name that sorts after every released one (the next free number)",
+            files=found.out_of_order,
+        )
+    return None
+
+
 def status(conn: psycopg.Connection, directory: Traversable | None = None) -> Status:
     """Compare the database with the files, writing nothing (for a check at start-up)."""
     directory = directory or MIGRATIONS_DIR
@@ -108,19 +131,22 @@ def status(conn: psycopg.Connection, directory: Traversable | None = None) -> St
 
 
 def check(conn: psycopg.Connection, directory: Traversable | None = None) -> list[str]:
-    """Raise MigrationChanged naming every applied file that changed; return
-    the files still pending (an empty list: the database is up to date)."""
+    """Raise MigrationChanged naming every applied file that changed, or
+    every pending file that sorts before an applied one; return the files
+    still pending (an empty list: the database is up to date)."""
     directory = directory or MIGRATIONS_DIR
-    found = status(conn, directory)
-    if found.changed:
-        raise _refuse(found.changed, directory)
+    found, _, last = _compare(conn, {p.name: checksum(p) for p in migration_files(directory)})
+    refusal = _refusal(found, last, directory)
+    if refusal is not None:
+        raise refusal
     return found.pending
 
 
 def apply(conn: psycopg.Connection, directory: Traversable | None = None) -> list[str]:
     """Apply what is pending on ``conn`` (not in a transaction), all or
     nothing; return the names applied. Raises MigrationChanged, having run
-    nothing, when an applied file changed."""
+    nothing, when an applied file changed or a pending one sorts before an
+    applied one."""
     directory = directory or MIGRATIONS_DIR
     texts = {p.name: p.read_bytes() for p in migration_files(directory)}
     files = {name: hashlib.sha256(text).hexdigest() for name, text in texts.items()}
@@ -134,9 +160,10 @@ def apply(conn: psycopg.Connection, directory: Traversable | None = None) -> lis
             "SELECT set_config('citus.multi_shard_modify_mode', 'sequential', true)"
             " FROM pg_extension WHERE extname = 'citus'"
         )
-        found, state = _compare(conn, files)
-        if found.changed:
-            raise _refuse(found.changed, directory)
+        found, state, last = _compare(conn, files)
+        refusal = _refusal(found, last, directory)
+        if refusal is not None:
+            raise refusal
         if state == "absent":
             conn.execute(
                 f"CREATE TABLE {TABLE} (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now(),"
