@@ -981,13 +981,13 @@ _stamp = msgspec.json.Decoder(Stamp)
 
 
 def record_step(tx: StepTransaction, step: Step) -> tuple[datetime, int]:
-    """Write a replay's decisions in one statement (``flows_record_step_v4``)
+    """Write a replay's decisions in one statement (``flows_record_step_v5``)
     and commit: the attempt that ended (or is retried), new activities (those
     leased to a worker are not due until their lease runs out), consumed
     signals, new and cancelled timers, new children, history, and the
     workflow row; NOTIFY the shard when new work is due now. Returns the
     stamp the step left on the row (updated_at, last_event)."""
-    row = tx.commit_with("SELECT flows_record_step_v4(%s)", (Json(_step_encoder.encode(step)),))
+    row = tx.commit_with("SELECT flows_record_step_v5(%s)", (Json(_step_encoder.encode(step)),))
     assert row is not None
     stamp = _stamp.decode(row[0])
     return stamp.updated_at, stamp.last_event
@@ -996,7 +996,7 @@ def record_step(tx: StepTransaction, step: Step) -> tuple[datetime, int]:
 def record_steps(tx: StepTransaction, steps: list[Step]) -> list[tuple[datetime, int]]:
     """Write several steps (of workflows this transaction locked) and
     commit, in one round trip; returns each step's stamp."""
-    rows = tx.commit_all(["SELECT flows_record_step_v4(%s)"] * len(steps),
+    rows = tx.commit_all(["SELECT flows_record_step_v5(%s)"] * len(steps),
                          tuple(Json(_step_encoder.encode(step)) for step in steps))
     stamps = []
     for row in rows:
