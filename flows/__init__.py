@@ -13,7 +13,7 @@ from flows.definitions import (
     registered_workflows,
     workflow,
 )
-from flows.engine import DEFAULT_TENANT_ID, ActivityStatus, Engine, Execution, WorkflowStatus
+from flows.engine import DEFAULT_TENANT_ID, ActivityStatus, Engine, Execution, RejectedSignal, WorkflowStatus
 from flows.errors import (
     ActivityCancelled,
     ActivityFailed,
@@ -63,6 +63,7 @@ __all__ = [
     "MigrationChanged",
     "MissingExtra",
     "NonDeterminismError",
+    "RejectedSignal",
     "ReplayReport",
     "RetryPolicy",
     "ScheduleInfo",

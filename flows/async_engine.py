@@ -115,9 +115,10 @@ class AsyncEngine:
         """As ``Engine.query``."""
         name, wid, shard = self._locate(workflow_name, workflow_id)
         row = await self._run(store.workflow_statement(shard, wid, _tenant(tenant_id)))
-        waits = row is not None and "activity:" in (row.waiting_for or "")
-        activities = await self._run(store.pending_activities(shard, wid)) if waits else []
-        return workflow_status(name, wid, row, activities)
+        waits = row.waiting_for or "" if row is not None else ""
+        activities = await self._run(store.pending_activities(shard, wid)) if "activity:" in waits else []
+        rejected = await self._run(store.rejected_signals(shard, wid)) if "signal:" in waits else []
+        return workflow_status(name, wid, row, activities, rejected)
 
     async def cancel(self, workflow_name: str, workflow_id: object, *, tenant_id: object = None) -> bool:
         """As ``Engine.cancel``."""

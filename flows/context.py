@@ -54,6 +54,16 @@ class ConsumeSignal:
 
 
 @dataclass(frozen=True)
+class RejectSignal:
+    """A signal whose payload does not decode into what its wait expects:
+    recorded as rejected (with ``reason``), while the wait goes on."""
+
+    seq: int
+    signal: PendingSignal
+    reason: str
+
+
+@dataclass(frozen=True)
 class StartTimer:
     seq: int
     timer_id: UUID
@@ -98,7 +108,7 @@ class StartChild:
 # wait_for_signal's default type: the one the workflow declares for the signal.
 DECLARED: Any = object()
 
-Command = ScheduleActivity | ConsumeSignal | StartTimer | RecordEvent | AwaitSignal | CancelTimer | StartChild
+Command = ScheduleActivity | ConsumeSignal | RejectSignal | StartTimer | RecordEvent | AwaitSignal | CancelTimer | StartChild
 PARENT_CLOSE_POLICIES = ("cancel", "abandon")
 
 
@@ -373,7 +383,7 @@ class WorkflowContext:
             type = Any if declared is None else declared
         step = self._next("signal", name)
         seq = self._seq
-        if step is None and timeout is not None and not self._signals.get(name):
+        if step is None and timeout is not None and not self._fitting_signal(seq, name, type):
             seconds = float(timeout)
             fire_at = self._db_now + timedelta(seconds=seconds)
             self.commands.append(AwaitSignal(seq, name, uuid6.uuid7(), fire_at, seconds))
@@ -382,8 +392,9 @@ class WorkflowContext:
             recorded = self._done_step(seq)
             if recorded is not None:
                 return (recorded,)
-            queue = self._signals.get(name)
-            return (queue.pop(0),) if queue else None
+            if not self._fitting_signal(seq, name, type):
+                return None
+            return (self._signals[name].pop(0),)
 
         got = self._wait_until(f"signal:{name}", ready)[0]
         if isinstance(got, history.Step):
@@ -396,6 +407,19 @@ class WorkflowContext:
         if awaited is not None:
             self.commands.append(CancelTimer(seq, awaited.timer_id))
         return codec.decode(got.payload, type)
+
+    def _fitting_signal(self, seq: int, name: str, type: Any) -> bool:
+        """Whether the oldest pending signal ``name`` decodes into ``type``;
+        those ahead of it that do not are rejected (a command each) and
+        dropped from the queue, so the wait goes on for the next."""
+        queue = self._signals.get(name)
+        while queue:
+            try:
+                codec.decode(queue[0].payload, type)
+                return True
+            except InvalidInput as exc:
+                self.commands.append(RejectSignal(seq, queue.pop(0), f"does not decode as {_type_name(type)}: {exc}"))
+        return False
 
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` on a durable timer, measured by the database clock."""
@@ -480,6 +504,10 @@ class ContinueAsNew(BaseException):
     def __init__(self, input: bytes) -> None:
         super().__init__("continue as new")
         self.input = input
+
+
+def _type_name(target: Any) -> str:
+    return str(getattr(target, "__name__", target))
 
 
 def _describe(exc: BaseException) -> str:

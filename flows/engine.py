@@ -70,6 +70,17 @@ class ActivityStatus(msgspec.Struct, frozen=True):
     heartbeat_details: Any
 
 
+class RejectedSignal(msgspec.Struct, frozen=True):
+    """A signal a wait could not take: its payload did not decode into the
+    wait's type (``reason`` says how). The workflow went on waiting."""
+
+    id: UUID
+    name: str
+    reason: str
+    sent_at: datetime
+    rejected_at: datetime
+
+
 class WorkflowStatus(msgspec.Struct, frozen=True):
     """Where a workflow stands. ``name`` is the sharded name it is stored
     under (``order-shard-2``), which every Engine call accepts in place of
@@ -77,7 +88,8 @@ class WorkflowStatus(msgspec.Struct, frozen=True):
     ``signal:<name>``, ``child:<name>`` or ``timer``, or several of them
     comma-separated when it waits for all (``ctx.gather``). With activities,
     ``activity`` describes the attempts of the latest it waits for and
-    ``activities`` those of every one not ended (from ``query`` only)."""
+    ``activities`` those of every one not ended; waiting for a signal,
+    ``rejected_signals`` lists the signals it could not take (``query`` only)."""
 
     id: UUID
     tenant_id: UUID
@@ -94,6 +106,7 @@ class WorkflowStatus(msgspec.Struct, frozen=True):
     completed_at: datetime | None
     activity: ActivityStatus | None = None
     activities: list[ActivityStatus] = []
+    rejected_signals: list[RejectedSignal] = []
 
 
 def parse_uuid(value: object, what: str = "workflow_id") -> UUID:
@@ -318,9 +331,10 @@ class Engine:
         name, wid, shard = self._locate(workflow_name, workflow_id)
         with store.wrapped(), self.connection() as c:
             row = store.run(c, store.workflow_statement(shard, wid, _tenant(tenant_id)))
-            waits = row is not None and "activity:" in (row.waiting_for or "")
-            activities = store.run(c, store.pending_activities(shard, wid)) if waits else []
-        return workflow_status(name, wid, row, activities)
+            waits = row.waiting_for or "" if row is not None else ""
+            activities = store.run(c, store.pending_activities(shard, wid)) if "activity:" in waits else []
+            rejected = store.run(c, store.rejected_signals(shard, wid)) if "signal:" in waits else []
+        return workflow_status(name, wid, row, activities, rejected)
 
     def _status(self, name: str, row: store.WorkflowRow) -> WorkflowStatus:
         return _status(name, row)
@@ -733,11 +747,15 @@ def _status(name: str, row: store.WorkflowRow) -> WorkflowStatus:
 
 
 def workflow_status(
-    name: str, wid: UUID, row: store.WorkflowRow | None, activities: list[store.ActivityRow]
+    name: str, wid: UUID, row: store.WorkflowRow | None, activities: list[store.ActivityRow],
+    rejected: list[store.RejectedSignalRow] | None = None,
 ) -> WorkflowStatus:
     if row is None:
         raise WorkflowNotFound(f"no workflow {name}/{wid}")
     status = _status(name, row)
+    if rejected:
+        status = msgspec.structs.replace(status, rejected_signals=[
+            RejectedSignal(r.id, r.name, r.reason, r.created_at, r.rejected_at) for r in rejected])
     if not activities:
         return status
     described = [ActivityStatus(

@@ -143,6 +143,10 @@ def _signal_sentence(d: WorkflowDetail, name: str, live: list[str], no_worker: s
         return (f"signal `{name}` arrived at {_ago(mine[0].created_at, now)} but no replay step is queued to"
                 " take it")
     text = f"waiting for signal `{name}` since {_ago(d.updated_at, now)}; none pending"
+    rejected = [s for s in d.signals if s.name == name and s.rejected]
+    if rejected:
+        text += (f"; {len(rejected)} rejected, the last at {_ago(rejected[-1].consumed_at or now, now)}:"
+                 f" its payload {rejected[-1].rejected}")
     others = sorted({s.name for s in pending})
     if others:
         text += (f" (pending, of other names: {_list(others)}; each waits until the workflow asks for it)")

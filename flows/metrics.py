@@ -79,6 +79,9 @@ class _Metrics:
         self.failed = counter("flows_workflows_failed", "Workflows that failed (each writes a dead letter).",
                               "workflow")
         self.cancelled = counter("flows_workflows_cancelled", "Workflows cancelled.", "workflow")
+        self.signals_rejected = counter(
+            "flows_signals_rejected", "Signals a wait rejected: their payload did not decode into its type.",
+            "workflow")
         self.steps = counter("flows_steps", "Steps recorded (each committed replay or attempt end).", "workflow")
         self.step_latency = histogram(
             "flows_step_latency_seconds",
@@ -268,6 +271,12 @@ def workflow_cancelled(name: str) -> None:
     m = _m
     if m is not None:
         m.cancelled.labels(name).inc()
+
+
+def signal_rejected(name: str) -> None:
+    m = _m
+    if m is not None:
+        m.signals_rejected.labels(name).inc()
 
 
 # -- hooks: the worker -------------------------------------------------------------------

@@ -181,6 +181,7 @@ class Signal:
     consumed_seq: int | None
     created_at: datetime
     consumed_at: datetime | None
+    rejected: str | None = None  # why its wait could not take it (then consumed by no step)
 
 
 @dataclass(frozen=True)
@@ -340,7 +341,7 @@ def detail_from_document(doc: dict[str, Any]) -> WorkflowDetail:
         completed_at=_time(w.get("completed_at")), now=datetime.fromisoformat(doc["now"]), history=events,
         activities=[_activity(a, events) for a in doc.get("activities", [])],
         signals=[Signal(UUID(s["id"]), s["signal_name"], s.get("payload"), bool(s["consumed"]), s.get("consumed_seq"),
-                        datetime.fromisoformat(s["created_at"]), _time(s.get("consumed_at")))
+                        datetime.fromisoformat(s["created_at"]), _time(s.get("consumed_at")), s.get("rejected"))
                  for s in doc.get("signals", [])],
         timers=[Timer(UUID(t["id"]), int(t["sequence_num"]), datetime.fromisoformat(t["fire_at"]), bool(t["fired"]),
                       _time(t.get("fired_at")), datetime.fromisoformat(t["created_at"]))

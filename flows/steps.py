@@ -33,6 +33,7 @@ from flows.context import (
     Outcome,
     PendingSignal,
     RecordEvent,
+    RejectSignal,
     ScheduleActivity,
     StartChild,
     StartTimer,
@@ -151,6 +152,7 @@ class Prepared:
     leased: list[store.ActivityTask]
     news: News | None
     woke: metrics.Woke | None = None  # for the step's metrics
+    rejected: list[RejectSignal] = field(default_factory=list)  # signals its waits could not take
 
 
 @dataclass
@@ -275,12 +277,15 @@ class StepWriter:
             step.status, step.seq = outcome.status, outcome.last_seq
             first_own = len(step.events)
             leased, news = self._apply(step, outcome, lease_to if slots > 0 else None, state, slots)
+            rejected = [cmd for cmd in outcome.commands if isinstance(cmd, RejectSignal)]
+            if rejected:  # rare: a statement of its own, in the step's transaction
+                store.reject_signals(tx, wf.name, wf.id, [(cmd.signal.id, codec.text(cmd.reason)) for cmd in rejected])
         except BaseException:
             if parked is not None:
                 parked.abandon()  # its code ran on past what the database holds
             raise
         return Prepared(key, state, step, outcome, memory, parked, new, history_now, first_own, leased, news,
-                        metrics.woken(tx, state, step))
+                        metrics.woken(tx, state, step), rejected)
 
     def abort(self, prepared: Prepared) -> None:
         """The step was not written: forget the code that ran on for it."""
@@ -292,6 +297,10 @@ class StepWriter:
         running one) and return the activities leased and the news."""
         p, wf = prepared, prepared.state.workflow
         metrics.step_recorded(p.step, p.woke)
+        for rejected in p.rejected:
+            log.warning("signal-rejected shard=%s id=%s signal=%s signal_id=%s", wf.name, wf.id,
+                        rejected.signal.name, rejected.signal.id)
+            metrics.signal_rejected(sharding.base_name(wf.name))
         own = [(e.seq, e.kind, e.data) for e in p.step.events[p.first_own:]]
         resumed = p.parked is not None and p.memory is not None and p.memory.parked is p.parked
         before = p.memory.run_events if resumed and p.memory is not None else len(p.history_now) - len(p.new)

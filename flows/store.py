@@ -481,6 +481,24 @@ def pending_activities(shard: str, workflow_id: UUID) -> Statement[list[Activity
     )
 
 
+class RejectedSignalRow(msgspec.Struct, frozen=True):
+    id: UUID
+    name: str
+    reason: str
+    created_at: datetime
+    rejected_at: datetime
+
+
+def rejected_signals(shard: str, workflow_id: UUID) -> Statement[list[RejectedSignalRow]]:
+    """The workflow's signals its waits rejected, oldest first."""
+    return Statement(
+        "SELECT id, signal_name, rejected, created_at, consumed_at FROM signals"
+        " WHERE workflow_name = %s AND workflow_id = %s AND rejected IS NOT NULL ORDER BY created_at, id",
+        (shard, workflow_id),
+        lambda rows: [RejectedSignalRow(*row) for row in rows],
+    )
+
+
 def count_result_waiter(conn: Conn, shard: str, workflow_id: UUID, tenant_id: UUID | None, delta: int) -> None:
     """Register (+1) or withdraw (-1) a caller waiting for the workflow's end."""
     run(conn, result_waiter_statement(shard, workflow_id, tenant_id, delta))
@@ -909,6 +927,18 @@ class NewChild(msgspec.Struct):
 class ConsumedSignal(msgspec.Struct):
     id: UUID
     seq: int
+
+
+def reject_signals(tx: StepTransaction, shard: str, workflow_id: UUID, rejects: list[tuple[UUID, str]]) -> None:
+    """Mark signals (id, reason) rejected by a wait, in the step's
+    transaction (begun by its claim): consumed by no step, so no replay
+    sees them again."""
+    tx.conn.execute(
+        "UPDATE signals s SET consumed = true, consumed_at = now(), rejected = r.reason"
+        " FROM unnest(%s::uuid[], %s::text[]) AS r(id, reason)"
+        " WHERE s.workflow_name = %s AND s.workflow_id = %s AND s.id = r.id AND NOT s.consumed",
+        ([i for i, _ in rejects], [reason for _, reason in rejects], shard, workflow_id),
+    )
 
 
 class Retry(msgspec.Struct, omit_defaults=True):

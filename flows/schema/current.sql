@@ -123,7 +123,9 @@ CREATE TABLE timers (
 );
 
 -- Signals sent to a workflow; a wait consumes the oldest unconsumed one of
--- its name (consumed_seq: the step that took it).
+-- its name (consumed_seq: the step that took it). One whose payload does not
+-- decode into what the wait expects is rejected: consumed, consumed_seq NULL,
+-- the reason in rejected.
 CREATE TABLE signals (
     workflow_name    text        NOT NULL,
     id               uuid        NOT NULL,
@@ -136,12 +138,14 @@ CREATE TABLE signals (
     created_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
     consumed_at      timestamptz,
     dedup_key        text,                           -- at most one signal per workflow id under a key, ever
+    rejected         text,                           -- why its wait could not take it
     PRIMARY KEY (workflow_name, id)
 );
 CREATE INDEX signals_unconsumed ON signals (workflow_name, workflow_id, created_at, id) WHERE NOT consumed;
 CREATE INDEX signals_by_workflow ON signals (workflow_name, workflow_id);
 CREATE UNIQUE INDEX signals_dedup_key ON signals (workflow_name, workflow_id, dedup_key)
     WHERE dedup_key IS NOT NULL;
+CREATE INDEX signals_rejected ON signals (workflow_name, workflow_id) WHERE rejected IS NOT NULL;
 
 -- Work for the fleet. A task is due when visibility_timeout <= now(); a
 -- leased task has it pushed forward and lease_owner set. Task types:
