@@ -60,8 +60,8 @@ class Survey:
 
 class Dispatcher:
     """Each shard's next due time, for replays and for activities, as far as
-    this worker knows: 0.0 = look now (announced, or not known yet), a
-    deadline on ``clock``, or NEVER (nothing queued). Notifications and our
+    this worker knows: a time on ``clock`` (past: due since then; 0.0: not
+    known yet, look first), or NEVER (nothing queued). Notifications and our
     own steps announce; claims learn. Thread-safe: the loop, the replay
     threads, the activity slots and the heartbeat all use it.
 
@@ -101,7 +101,7 @@ class Dispatcher:
     def announce(self, kind: str, shards: Iterable[str] | None = None, in_seconds: float = 0.0) -> None:
         """Work of ``kind`` falls due in ``shards`` (None: all) ``in_seconds``
         from now: look then, whatever a claim in flight will answer."""
-        at = self.clock() + in_seconds if in_seconds > 0 else 0.0
+        at = self.clock() + max(0.0, in_seconds)
         with self._lock:
             due, gen = self._due[kind], self._generation[kind]
             for shard in due if shards is None else shards:
@@ -111,7 +111,9 @@ class Dispatcher:
 
     def take(self, kind: str, now: float | None = None) -> Ticket | None:
         """The shard of ``kind`` whose work has been due longest, if any is
-        due now, with a ticket for learning what its claim answers."""
+        due now, with a ticket for learning what its claim answers: due work
+        is claimed in due order across the shards, a deep backlog on one
+        never starving the others."""
         now = self.clock() if now is None else now
         with self._lock:
             due = self._due[kind]
@@ -127,11 +129,11 @@ class Dispatcher:
         taken. A replay claim that took a task with another due already
         puts the shard in backlog (its next claims take ``claim_batch``);
         one that finds nothing due now takes it out."""
-        at = NEVER if due_in is None else 0.0 if due_in <= 0 else self.clock() + due_in
+        at = NEVER if due_in is None else self.clock() + due_in  # overdue: in the past, by how long
         with self._lock:
             kind, shard = ticket.kind, ticket.shard
             if kind == REPLAY:
-                if at > 0.0:
+                if due_in is None or due_in > 0:
                     self._backlog.discard(shard)
                 elif claimed:
                     self._backlog.add(shard)
@@ -163,7 +165,7 @@ class Dispatcher:
                     continue
                 self._learnt[kind][shard] = survey.number
                 seconds = due_in.get(shard)
-                self._due[kind][shard] = NEVER if seconds is None else 0.0 if seconds <= 0 else now + seconds
+                self._due[kind][shard] = NEVER if seconds is None else now + seconds
 
     def due_now(self, kind: str, now: float | None = None) -> bool:
         now = self.clock() if now is None else now

@@ -130,3 +130,20 @@ def test_a_retry_due_later_wakes_the_loop_then() -> None:
     assert d.take(ACTIVITY) is None and d.sleep_seconds([ACTIVITY]) == 2.5
     clock.now += 2.5
     assert (ticket := d.take(ACTIVITY)) is not None and ticket.shard == "c"
+
+
+def test_in_a_backlog_the_shard_whose_work_is_oldest_is_claimed_first() -> None:
+    """Claims answer how overdue a shard's next task is: a worker serving
+    several shards with a backlog claims in due order across them, and one
+    just announced does not jump ahead of work due for seconds."""
+    clock = Clock()
+    d = dispatcher(clock, shards=("a", "b", "c", "d"))
+    d.learn_survey(d.survey(), REPLAY, {"a": -3.0, "b": -20.0, "c": -7.0})  # due since 3, 20 and 7 s
+    d.announce(REPLAY, ["d"])  # new work right now
+    answers = {"b": [-1.0, None], "c": [30.0], "a": [-2.0, None], "d": [None]}  # each claim's next due
+    taken = []
+    while (ticket := d.take(REPLAY)) is not None:
+        taken.append(ticket.shard)
+        d.learn(ticket, answers[ticket.shard].pop(0), claimed=True)
+    # b (20 s), c (7 s), a (3 s), a again (its next, 2 s, before b's 1 s), b, then d (just now)
+    assert taken == ["b", "c", "a", "a", "b", "d"]
