@@ -48,3 +48,9 @@ def long_loop(ctx: flows.WorkflowContext, steps: int) -> int:
     for _ in range(steps):
         n = ctx.activity(step, n)
     return n
+
+
+@flows.workflow("lt-one-step")
+def one_step(ctx: flows.WorkflowContext, n: int) -> int:
+    """One activity: the fairness scenario's workflow, for every tenant."""
+    return ctx.activity(step, n)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from loadtest.scenarios import backlog, floor, idle, loan, long, scaling, throughput, timers, wakeup
+from loadtest.scenarios import backlog, fairness, floor, idle, loan, long, scaling, throughput, timers, wakeup
 
 SCENARIOS: dict[str, ModuleType] = {
     "throughput": throughput,
@@ -18,4 +18,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "long": long,
     "scaling": scaling,
     "floor": floor,
+    "fairness": fairness,
 }

@@ -59,3 +59,11 @@ def test_the_floor_scenario_runs_the_step_writes_and_counts_their_cpu() -> None:
     # (more than a fifth of a core; the harness alone uses a few ms a second).
     assert metrics["floor_server_cpu_ms_per_step"] * metrics["floor_steps_per_s"] > 200
     assert metrics["pgbench_server_cpu_ms_per_xact"] * metrics["pgbench_tps"] > 200
+
+
+def test_the_fairness_scenario_times_tenant_b_quiet_and_during_a_burst() -> None:
+    metrics = _report(_run(["loadtest", "fairness", "--burst", "300", "--quiet-seconds", "2", "--rate", "10",
+                            "--timeout", "200"]))["metrics"]
+    assert metrics["b_quiet"] >= 15 and metrics["b_during_burst"] >= 1
+    assert metrics["b_quiet_p99_ms"] > 0 and metrics["b_burst_p99_ms"] > 0
+    assert metrics["b_p99_ratio"] == metrics["b_burst_p99_ms"] / metrics["b_quiet_p99_ms"]
