@@ -286,6 +286,44 @@ class Monitor:
     def now(self) -> float:
         return float(self._one("SELECT extract(epoch FROM clock_timestamp())")[0])
 
+    # -- a soak's samples --------------------------------------------------------
+
+    def ended_between(self, shards: list[str], since: float, until: float) -> list[float]:
+        """Start-to-end seconds (created_at to completed_at) of the workflows
+        of these shards that ended in [since, until) (epoch seconds)."""
+        return [float(s) for (s,) in self._all(
+            "SELECT extract(epoch FROM completed_at - created_at) FROM workflows WHERE name = ANY(%s)"
+            " AND completed_at >= to_timestamp(%s) AND completed_at < to_timestamp(%s)",
+            (shards, since, until),
+        )]
+
+    def output_counts(self, shards: list[str], key: str) -> dict[str, int]:
+        """How many workflows of these shards have each value of ``key`` in
+        their output (None: no output, or no such key)."""
+        return {str(v): int(n) for v, n in self._all(
+            "SELECT output->>%s, count(*) FROM workflows WHERE name = ANY(%s) GROUP BY 1", (key, shards))}
+
+    def activity_counts(self, shards: list[str]) -> dict[str, int]:
+        """The activities of these shards' workflows, by status."""
+        return {str(s): int(n) for s, n in self._all(
+            "SELECT status, count(*) FROM activities WHERE workflow_name = ANY(%s) GROUP BY 1", (shards,))}
+
+    def tasks(self) -> tuple[int, int]:
+        """(due, all) tasks of the queue: due ones wait for a worker (or a
+        lease ran out); the rest are timers, retries and leased attempts."""
+        row = self._one("SELECT count(*) FILTER (WHERE visibility_timeout <= now()), count(*) FROM task_queue")
+        return int(row[0]), int(row[1])
+
+    def table_stats(self) -> dict[str, tuple[int, int, float]]:
+        """Each table's (live tuples, dead tuples, total MiB with indexes and
+        TOAST), from pg_stat_user_tables and pg_total_relation_size."""
+        return {
+            str(name): (int(live), int(dead), float(size) / 2**20)
+            for name, live, dead, size in self._all(
+                "SELECT relname, n_live_tup, n_dead_tup, pg_total_relation_size(relid) FROM pg_stat_user_tables"
+            )
+        }
+
     # -- timings (epoch seconds) -----------------------------------------------
 
     def workflow_times(

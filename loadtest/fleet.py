@@ -96,6 +96,20 @@ def reaped_cpu_seconds(pid: int) -> float:
     return _cpu_ticks(pid, 13)  # cutime, cstime (fields 16, 17)
 
 
+def rss_and_threads(pid: int) -> tuple[float, int] | None:
+    """A process's resident memory in MiB and its thread count, from
+    /proc/PID/status (None once it is gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    try:
+        return int(fields["VmRSS"].split()[0]) / 1024.0, int(fields["Threads"])
+    except (KeyError, ValueError, IndexError):  # a zombie has no VmRSS
+        return None
+
+
 def server_cpu_seconds(dsn: str) -> float:
     """CPU seconds of the server: its processes running now and those that
     have ended (backends of connections that came and went)."""

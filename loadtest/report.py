@@ -45,6 +45,8 @@ class Measurement:
     latency_title: str = "latency (ms)"
     statements: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # label -> pg_stat_statements rows
     profiles: dict[str, dict[str, list[tuple[str, float]]]] = field(default_factory=dict)  # label -> py-spy summary
+    # Several quantities over time, one plot each (the soak's): title -> label -> (seconds, value).
+    panels: dict[str, dict[str, Series]] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,7 +113,8 @@ def write_json(result: Result, path: Path) -> None:
         ],
         "notes": result.notes,
         "runs": [
-            {"metrics": r.metrics, "series": r.series, "statements": r.statements, "profiles": r.profiles}
+            {"metrics": r.metrics, "series": r.series, "statements": r.statements, "profiles": r.profiles,
+             **({"panels": r.panels} if r.panels else {})}
             for r in result.runs
         ],
     }
@@ -131,6 +134,9 @@ def write_plot(result: Result, path: Path) -> bool:
         print("loadtest: matplotlib is not installed; no plot written", file=sys.stderr)
         return False
     run = result.runs[-1]
+    if run.panels:
+        _plot_panels(plt, result.scenario, run.panels, run.series_xlabel, path)
+        return True
     if not any(run.series.values()) and not any(run.latencies_ms.values()):
         return False  # nothing over time to show (idle)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -164,3 +170,32 @@ def write_plot(result: Result, path: Path) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+PANEL_COLUMNS = 2
+PANEL_LINES = 8  # a panel draws its lines with the highest peaks, this many (the JSON keeps them all)
+
+
+def _plot_panels(plt: Any, scenario: str, panels: dict[str, dict[str, Series]], xlabel: str, path: Path) -> None:
+    """One plot per panel, in a grid, each line a label (markers: a point
+    per sample); lines that stay at 0 are left out."""
+    rows = (len(panels) + PANEL_COLUMNS - 1) // PANEL_COLUMNS
+    fig, axes = plt.subplots(rows, PANEL_COLUMNS, figsize=(12, 3.2 * rows), squeeze=False)
+    cells = [ax for row in axes for ax in row]
+    for ax, (title, lines) in zip(cells, panels.items()):
+        peaks = {label: max(y for _, y in series) for label, series in lines.items() if series}
+        drawn = sorted((label for label, peak in peaks.items() if peak), key=lambda k: -peaks[k])[:PANEL_LINES]
+        for label in sorted(drawn, key=list(lines).index):
+            xs, ys = zip(*lines[label])
+            ax.plot(xs, ys, marker=".", label=label)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel(xlabel)
+        ax.set_title(f"{scenario}: {title}")
+        if drawn:
+            ax.legend(fontsize="small")
+    for ax in cells[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -76,6 +76,11 @@ class Run:
         """Each repeat gets the whole --timeout."""
         self.deadline = time.monotonic() + self.timeout_seconds
 
+    def extend_deadline(self, seconds: float) -> None:
+        """Push the deadline ``seconds`` further: a scenario whose length is
+        asked for (soak's --minutes) adds it, so --timeout bounds the rest."""
+        self.deadline += seconds
+
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
