@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from loadtest.scenarios import backlog, fairness, floor, idle, loan, long, scaling, throughput, timers, wakeup
+from loadtest.scenarios import backlog, fairness, floor, idle, loan, long, scaling, soak, throughput, timers, wakeup
 
 SCENARIOS: dict[str, ModuleType] = {
     "throughput": throughput,
@@ -19,4 +19,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "scaling": scaling,
     "floor": floor,
     "fairness": fairness,
+    "soak": soak,
 }
