@@ -13,7 +13,7 @@ from flows.definitions import (
     registered_workflows,
     workflow,
 )
-from flows.engine import DEFAULT_TENANT_ID, ActivityStatus, Engine, Execution, RejectedSignal, WorkflowStatus
+from flows.engine import ActivityStatus, Engine, Execution, RejectedSignal, WorkflowStatus
 from flows.errors import (
     ActivityCancelled,
     ActivityFailed,
@@ -34,7 +34,9 @@ from flows.errors import (
     WorkflowNotFound,
     WorkflowNotRunning,
 )
-from flows.operations import ANY_TENANT, WorkflowDetail, WorkflowPage
+from flows.ids import ANY_TENANT, DEFAULT_TENANT_ID
+from flows.ops.detail import WorkflowDetail
+from flows.ops.workflows import WorkflowPage
 from flows.replayer import ReplayReport, replay_export
 from flows.schedules import ScheduleInfo
 from flows.worker import Worker

@@ -30,6 +30,7 @@ from flows.context import ActivityContext
 from flows.definitions import DEFAULT_ACTIVITY_TIMEOUT_SECONDS, ActivityDefinition
 from flows.errors import ConfigurationError
 from flows.steps import LEASE_GRACE_SECONDS, Attempt, News, StepWriter
+from flows.store import leases as lease_store
 from flows.threads import Threads
 from flows.wakeups import BUSY_RECHECK_SECONDS, Ticket, Wake, Wakeups
 
@@ -56,10 +57,10 @@ class _Pending:
     lease_to: str | None
     wake: threading.Event | None = None  # only for an attempt that waits for another thread's recording
     done: bool = False
-    leased: store.ActivityTask | None = None
+    leased: lease_store.ActivityTask | None = None
     error: BaseException | None = None
 
-    def finish(self, leased: store.ActivityTask | None, error: BaseException | None = None) -> None:
+    def finish(self, leased: lease_store.ActivityTask | None, error: BaseException | None = None) -> None:
         self.leased, self.error, self.done = leased, error, True
         if self.wake is not None:
             self.wake.set()
@@ -69,7 +70,7 @@ class _Pending:
 class Running:
     """An attempt in progress, as the watchdog and heartbeats see it."""
 
-    task: store.ActivityTask
+    task: lease_store.ActivityTask
     definition: ActivityDefinition[Any, Any] | None
     ctx: ActivityContext
     started: float  # time.monotonic()
@@ -165,12 +166,12 @@ class ActivityRunner:
         """Lease due tasks of our activities in the ticket's shard, up to the
         free slots, and start them; learn when the shard's next falls due."""
         slots = self.reserve(self.concurrency)
-        tasks: list[store.ActivityTask] = []
+        tasks: list[lease_store.ActivityTask] = []
         try:
             if not slots:
                 return 0
             with self.pool.connection() as conn:  # one statement: no BEGIN and COMMIT
-                tasks, next_due = store.claim_activities(conn, ticket.shard, self.names, self.owner, slots)
+                tasks, next_due = lease_store.claim_activities(conn, ticket.shard, self.names, self.owner, slots)
             if len(tasks) < slots and next_due is not None and next_due <= 0:
                 next_due = BUSY_RECHECK_SECONDS  # due, but held by another worker
             self.wakeups.learn(ticket, next_due)
@@ -179,22 +180,22 @@ class ActivityRunner:
         finally:
             self.release(slots - len(tasks))
 
-    def run(self, tasks: list[store.ActivityTask]) -> None:
+    def run(self, tasks: list[lease_store.ActivityTask]) -> None:
         """Run attempts in slots already reserved for them."""
         for task in tasks:
             self._executor.submit(self._run, task)
 
-    def _is_async(self, task: store.ActivityTask) -> bool:
+    def _is_async(self, task: lease_store.ActivityTask) -> bool:
         definition = self.activities.get(task.name)
         return definition is not None and definition.is_async and not task.lost
 
-    def _run(self, task: store.ActivityTask) -> None:
+    def _run(self, task: lease_store.ActivityTask) -> None:
         """Run an attempt and record it; then the workflow's next activity in
         this same slot, if recording it leased one to us. An async def
         attempt goes to the event loop with its slot."""
         handed = False
         try:
-            next_task: store.ActivityTask | None = task
+            next_task: lease_store.ActivityTask | None = task
             while next_task is not None and not self.immediate:
                 if self._is_async(next_task):
                     asyncio.run_coroutine_threadsafe(self._run_async(next_task), self._event_loop())
@@ -208,12 +209,12 @@ class ActivityRunner:
                 self.release(1)
                 self.wakeups.wake(Wake.SLOT)
 
-    async def _run_async(self, task: store.ActivityTask) -> None:
+    async def _run_async(self, task: lease_store.ActivityTask) -> None:
         """``_run`` on the event loop: async def attempts, one after the
         other in this slot; a plain one goes back to a thread with the slot."""
         handed = False
         try:
-            next_task: store.ActivityTask | None = task
+            next_task: lease_store.ActivityTask | None = task
             while next_task is not None and not self.immediate:
                 if not self._is_async(next_task):
                     self._executor.submit(self._run, next_task)
@@ -236,7 +237,9 @@ class ActivityRunner:
                 self._loop = loop
             return self._loop
 
-    def _lost(self, task: store.ActivityTask, definition: ActivityDefinition[Any, Any] | None) -> store.ActivityTask | None:
+    def _lost(
+        self, task: lease_store.ActivityTask, definition: ActivityDefinition[Any, Any] | None
+    ) -> lease_store.ActivityTask | None:
         """Deliveries that never reported back are failed attempts: record
         them (the retry policy then schedules the next) instead of running
         the activity at once."""
@@ -248,7 +251,7 @@ class ActivityRunner:
         log.warning("activity-attempt-lost name=%s id=%s attempt=%s", task.name, task.activity_id, attempt + 1)
         return self._record(Attempt(replace(task, attempt=attempt), definition, error=error), self.lease_to())
 
-    def _running(self, task: store.ActivityTask, definition: ActivityDefinition[Any, Any] | None) -> Running:
+    def _running(self, task: lease_store.ActivityTask, definition: ActivityDefinition[Any, Any] | None) -> Running:
         """An attempt about to start, with its context, deadlines and heartbeats."""
         timeout = definition.timeout_seconds if definition is not None else DEFAULT_ACTIVITY_TIMEOUT_SECONDS
         beat_timeout = definition.heartbeat_timeout_seconds if definition is not None else None
@@ -263,7 +266,7 @@ class ActivityRunner:
         ctx._beat = lambda details: self._beat(running, details)
         return running
 
-    def _attempt(self, task: store.ActivityTask) -> store.ActivityTask | None:
+    def _attempt(self, task: lease_store.ActivityTask) -> lease_store.ActivityTask | None:
         definition = self.activities.get(task.name)
         if task.lost:
             return self._lost(task, definition)
@@ -298,7 +301,7 @@ class ActivityRunner:
                      ctx.attempt, error.split(":", 1)[0])
         return self._record(Attempt(task, definition, output, error, duration, running.details), self.lease_to())
 
-    async def _attempt_async(self, task: store.ActivityTask) -> store.ActivityTask | None:
+    async def _attempt_async(self, task: lease_store.ActivityTask) -> lease_store.ActivityTask | None:
         """An async def attempt: its coroutine runs as a task of its own on
         this loop, cancelled by the watchdog at its timeout; the end is
         recorded on a thread (the store is synchronous)."""
@@ -361,7 +364,7 @@ class ActivityRunner:
         beat_timeout = running.beat_timeout
         try:
             with self.pool.connection() as conn:
-                held = store.heartbeat_activity(
+                held = lease_store.heartbeat_activity(
                     conn, running.task, self.owner, details or b"null",
                     None if beat_timeout is None else beat_timeout + LEASE_GRACE_SECONDS,
                     running.deadline - running.started + LEASE_GRACE_SECONDS,
@@ -457,7 +460,7 @@ class ActivityRunner:
 
     # -- recording ------------------------------------------------------------------
 
-    def _record(self, attempt: Attempt, lease_to: str | None) -> store.ActivityTask | None:
+    def _record(self, attempt: Attempt, lease_to: str | None) -> lease_store.ActivityTask | None:
         """Record an attempt's end. Attempts of one shard ending while another
         is being recorded are recorded together next, in one transaction (a
         group commit: the first to come records at once; those arriving
@@ -529,7 +532,7 @@ class ActivityRunner:
             except BaseException as exc:  # noqa: BLE001 - handed to the attempt's own thread
                 pending.finish(None, exc)
 
-    def _record_alone(self, attempt: Attempt, lease_to: str | None) -> store.ActivityTask | None:
+    def _record_alone(self, attempt: Attempt, lease_to: str | None) -> lease_store.ActivityTask | None:
         """Record one attempt's end, retrying while the database is away; if
         that fails for too long the lease runs out and another worker records
         it as lost."""

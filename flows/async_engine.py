@@ -17,7 +17,6 @@ from flows.definitions import WorkflowDefinition
 from flows.engine import (
     Execution,
     WorkflowStatus,
-    _tenant,
     cancelled,
     ended,
     locate,
@@ -31,6 +30,8 @@ from flows.engine import (
     workflow_status,
 )
 from flows.errors import InvalidInput
+from flows.ids import tenant as _tenant
+from flows.store import client as client_store
 
 
 class AsyncEngine:
@@ -114,16 +115,16 @@ class AsyncEngine:
     async def query(self, workflow_name: str, workflow_id: object, *, tenant_id: object = None) -> WorkflowStatus:
         """As ``Engine.query``."""
         name, wid, shard = self._locate(workflow_name, workflow_id)
-        row = await self._run(store.workflow_statement(shard, wid, _tenant(tenant_id)))
+        row = await self._run(client_store.workflow_statement(shard, wid, _tenant(tenant_id)))
         waits = row.waiting_for or "" if row is not None else ""
-        activities = await self._run(store.pending_activities(shard, wid)) if "activity:" in waits else []
-        rejected = await self._run(store.rejected_signals(shard, wid)) if "signal:" in waits else []
+        activities = await self._run(client_store.pending_activities(shard, wid)) if "activity:" in waits else []
+        rejected = await self._run(client_store.rejected_signals(shard, wid)) if "signal:" in waits else []
         return workflow_status(name, wid, row, activities, rejected)
 
     async def cancel(self, workflow_name: str, workflow_id: object, *, tenant_id: object = None) -> bool:
         """As ``Engine.cancel``."""
         name, wid, shard = self._locate(workflow_name, workflow_id)
-        return cancelled(name, wid, await self._run(store.cancel_workflow(shard, wid, _tenant(tenant_id))))
+        return cancelled(name, wid, await self._run(client_store.cancel_workflow(shard, wid, _tenant(tenant_id))))
 
     async def result(
         self, workflow_name: str, workflow_id: object, *, timeout: float | None = None, tenant_id: object = None
@@ -138,16 +139,16 @@ class AsyncEngine:
             listen = await store.connect_async(self.dsn)
             try:
                 await store.listen_async(listen, [sharding.channel(shard, "flows-done")])
-                await store.arun(listen, store.result_waiter_statement(shard, wid, tenant, +1))
+                await store.arun(listen, client_store.result_waiter_statement(shard, wid, tenant, +1))
                 try:
                     while True:
-                        row = await store.arun(listen, store.workflow_statement(shard, wid, tenant))
+                        row = await store.arun(listen, client_store.workflow_statement(shard, wid, tenant))
                         done, value = ended(name, wid, row)
                         if done:
                             return value
                         await store.wait_notify_async(listen, result_wait(name, wid, row, deadline, timeout))
                 finally:
                     if not listen.closed:
-                        await store.arun(listen, store.result_waiter_statement(shard, wid, tenant, -1))
+                        await store.arun(listen, client_store.result_waiter_statement(shard, wid, tenant, -1))
             finally:
                 await listen.close()

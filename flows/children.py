@@ -21,42 +21,44 @@ from __future__ import annotations
 import logging
 
 from flows import metrics, sharding, store
+from flows.store import carry as carry_store
+from flows.store import client as client_store
 
 log = logging.getLogger("flows.worker")
 
 
-def carry(conn: store.Conn, task: store.Carry) -> None:
+def carry(conn: store.Conn, task: carry_store.Carry) -> None:
     """Carry one leased `child` or `parent` task; each statement is a
     transaction of its own, on one shard."""
     info = task.info
-    if isinstance(info, store.ChildInfo):
+    if isinstance(info, carry_store.ChildInfo):
         _carry_child(conn, task, info)
-    elif isinstance(info, store.EndInfo):
-        store.child_ended(conn, parent_shard=info.parent_name, parent_id=info.parent_id, child_id=info.child_id,
+    elif isinstance(info, carry_store.EndInfo):
+        carry_store.child_ended(conn, parent_shard=info.parent_name, parent_id=info.parent_id, child_id=info.child_id,
                           status=info.status, output=info.output, error=info.error)
-        store.parent_told(conn, task)
+        carry_store.parent_told(conn, task)
     else:  # its row is gone (the workflow was deleted by hand): nothing to carry
         if task.type == "child":
-            store.child_carried(conn, task, None)
+            carry_store.child_carried(conn, task, None)
         else:
-            store.parent_told(conn, task)
+            carry_store.parent_told(conn, task)
 
 
-def _carry_child(conn: store.Conn, task: store.Carry, info: store.ChildInfo) -> None:
+def _carry_child(conn: store.Conn, task: carry_store.Carry, info: carry_store.ChildInfo) -> None:
     parent = (task.shard, info.parent_id, info.step)
     if info.parent_status != "running" and info.parent_close == "cancel" and info.status in ("starting", "running"):
-        before = store.cancel_child(
+        before = carry_store.cancel_child(
             conn, shard=info.child_name, child_id=info.child_id, tenant_id=info.tenant_id, version=info.version,
             parent=parent, reason=f"cancelled: its parent {sharding.base_name(task.shard)}/{info.parent_id} ended",
         )
         log.info("child-cancelled parent=%s child=%s/%s was=%s", info.parent_id, info.child_name, info.child_id,
                  before)
-        store.child_carried(conn, task, "cancelled")
+        carry_store.child_carried(conn, task, "cancelled")
         return
     if info.status != "starting":
-        store.child_carried(conn, task, None)
+        carry_store.child_carried(conn, task, None)
         return
-    answer = store.run(conn, store.start_workflow(
+    answer = store.run(conn, client_store.start_workflow(
         shard=info.child_name, workflow_id=info.child_id, tenant_id=info.tenant_id, version=info.version,
         input=bytes(info.input), parent=parent,
     ))
@@ -64,10 +66,10 @@ def _carry_child(conn: store.Conn, task: store.Carry, info: store.ChildInfo) -> 
         error = f"workflow id {info.child_id} is already used by another workflow"
         log.warning("child-start-refused parent=%s child=%s/%s: %s", info.parent_id, info.child_name,
                     info.child_id, error)
-        store.child_ended(conn, parent_shard=task.shard, parent_id=info.parent_id, child_id=info.child_id,
+        carry_store.child_ended(conn, parent_shard=task.shard, parent_id=info.parent_id, child_id=info.child_id,
                           status="failed", output=None, error=error)
-        store.child_carried(conn, task, None)
+        carry_store.child_carried(conn, task, None)
         return
     if answer == "created":
         metrics.workflow_started(sharding.base_name(info.child_name))
-    store.child_carried(conn, task, "running")
+    carry_store.child_carried(conn, task, "running")

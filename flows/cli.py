@@ -14,11 +14,15 @@ import os
 import sys
 from typing import Any, Callable
 
-from flows import __version__, codec, embedded, store
+from flows import __version__, codec, embedded
 from flows.engine import Engine
 from flows.errors import FlowsError, InvalidInput
 from flows.explain import span, why
-from flows.operations import ANY_TENANT, STATUSES, WorkflowDetail, parse_duration
+from flows.ids import ANY_TENANT
+from flows.ops import detail as detail_ops
+from flows.ops import fleet as fleet_ops
+from flows.ops.detail import WorkflowDetail
+from flows.ops.workflows import STATUSES, parse_duration
 
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
@@ -71,7 +75,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     shards = [int(k) for k in args.shard_indices.split(",")] if args.shard_indices else None
     with _engine(args) as engine:
         # An unreachable database fails here, named, instead of being retried for ever.
-        store.connect(engine.dsn, timeout_seconds=store.CONNECT_TIMEOUT_SECONDS).close()
+        fleet_ops.reachable(engine.dsn)
         Worker(engine, shards=shards, concurrency=args.concurrency).run()
     return 0
 
@@ -85,8 +89,8 @@ def cmd_supervise(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with _engine(args) as engine, engine.connection() as conn:
-        _print({"workflows": store.count_workflows(conn), "tasks": store.count_tasks(conn)})
+    with _engine(args) as engine:
+        _print(fleet_ops.counts(engine))
     return 0
 
 
@@ -175,13 +179,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         detail = engine.describe(args.name, args.id, tenant_id=_scope(args))
         if args.json:  # the JSON of earlier releases, unchanged
             status = engine.query(detail.name, detail.id, tenant_id=detail.tenant_id)
-            with engine.connection() as conn:
-                state = store.replay_state(conn, status.name, status.id)
-            events = (state.events if state is not None else None) or []
-            _print({"workflow": status,
-                    "history": [{"seq": s, "type": t, "data": codec.decode(d)} for s, t, d in events]})
+            events = detail_ops.recorded_events(engine, status.name, status.id)
+            _print({"workflow": status, "history": [{"seq": s, "type": t, "data": d} for s, t, d in events]})
             return 0
-        stale = float(os.environ.get("FLOWS_STALE_SECONDS", "30"))
+        stale = fleet_ops.stale_seconds()
     _show_text(detail, why(detail, stale_seconds=stale))
     return 0
 

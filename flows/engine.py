@@ -21,7 +21,7 @@ from uuid import UUID
 import msgspec
 import uuid6
 
-from flows import codec, metrics, operations, schedules, sharding, store
+from flows import codec, metrics, schedules, sharding, store
 from flows.definitions import WorkflowDefinition, find_workflow, workflow_versions
 from flows.errors import (
     ConfigurationError,
@@ -32,10 +32,16 @@ from flows.errors import (
     WorkflowNotFound,
     WorkflowNotRunning,
 )
+from flows.ids import ANY_TENANT, parse_uuid
+from flows.ids import DEFAULT_TENANT_ID as DEFAULT_TENANT_ID  # where it was first, for callers
+from flows.ids import tenant as _tenant
+from flows.ops import detail as detail_ops
+from flows.ops import fleet as fleet_ops
+from flows.ops import workflows as workflow_ops
+from flows.store import client as client_store
 
 log = logging.getLogger("flows.engine")
 
-DEFAULT_TENANT_ID = UUID(int=0)
 POOL_TIMEOUT_SECONDS = 30.0  # how long a call waits for a pooled connection before DatabaseError
 RESULT_RECHECK_SECONDS = 5.0  # a safety net under the NOTIFY that wakes result()
 ENDED = ("completed", "failed", "cancelled")
@@ -107,19 +113,6 @@ class WorkflowStatus(msgspec.Struct, frozen=True):
     activity: ActivityStatus | None = None
     activities: list[ActivityStatus] = []
     rejected_signals: list[RejectedSignal] = []
-
-
-def parse_uuid(value: object, what: str = "workflow_id") -> UUID:
-    if isinstance(value, UUID):
-        return value
-    try:
-        return UUID(str(value))
-    except (TypeError, ValueError):
-        raise InvalidInput(f"{what} is not a UUID: {value!r}") from None
-
-
-def _tenant(tenant_id: object) -> UUID:
-    return DEFAULT_TENANT_ID if tenant_id is None else parse_uuid(tenant_id, "tenant_id")
 
 
 def _base_name(workflow: object) -> str:
@@ -330,13 +323,13 @@ class Engine:
         """The workflow's current status (``WorkflowNotFound`` if this tenant has no such workflow)."""
         name, wid, shard = self._locate(workflow_name, workflow_id)
         with store.wrapped(), self.connection() as c:
-            row = store.run(c, store.workflow_statement(shard, wid, _tenant(tenant_id)))
+            row = store.run(c, client_store.workflow_statement(shard, wid, _tenant(tenant_id)))
             waits = row.waiting_for or "" if row is not None else ""
-            activities = store.run(c, store.pending_activities(shard, wid)) if "activity:" in waits else []
-            rejected = store.run(c, store.rejected_signals(shard, wid)) if "signal:" in waits else []
+            activities = store.run(c, client_store.pending_activities(shard, wid)) if "activity:" in waits else []
+            rejected = store.run(c, client_store.rejected_signals(shard, wid)) if "signal:" in waits else []
         return workflow_status(name, wid, row, activities, rejected)
 
-    def _status(self, name: str, row: store.WorkflowRow) -> WorkflowStatus:
+    def _status(self, name: str, row: client_store.WorkflowRow) -> WorkflowStatus:
         return _status(name, row)
 
     def ping(self, timeout: float = 2.0) -> None:
@@ -354,10 +347,11 @@ class Engine:
         deadline = None if timeout is None else time.monotonic() + timeout
         with store.wrapped(), store.connect(self.dsn, autocommit=True) as listen:
             store.listen(listen, [sharding.channel(shard, "flows-done")])
-            store.run(listen, store.result_waiter_statement(shard, wid, tenant, +1))  # only then is the end announced
+            # Only once a waiter is counted is the end announced.
+            store.run(listen, client_store.result_waiter_statement(shard, wid, tenant, +1))
             try:
                 while True:
-                    row = store.run(listen, store.workflow_statement(shard, wid, tenant))
+                    row = store.run(listen, client_store.workflow_statement(shard, wid, tenant))
                     done, value = ended(name, wid, row)
                     if done:
                         return value
@@ -366,7 +360,7 @@ class Engine:
                         pass
             finally:
                 if not listen.closed:
-                    store.run(listen, store.result_waiter_statement(shard, wid, tenant, -1))
+                    store.run(listen, client_store.result_waiter_statement(shard, wid, tenant, -1))
 
     def cancel(self, workflow_name: str, workflow_id: object, *, tenant_id: object = None) -> bool:
         """Cancel a running workflow: it ends as ``cancelled`` and its pending
@@ -375,7 +369,7 @@ class Engine:
         default) are cancelled in turn. False if it had already ended."""
         name, wid, shard = self._locate(workflow_name, workflow_id)
         with store.wrapped(), self.connection() as c:
-            before = store.run(c, store.cancel_workflow(shard, wid, _tenant(tenant_id)))
+            before = store.run(c, client_store.cancel_workflow(shard, wid, _tenant(tenant_id)))
         return cancelled(name, wid, before)
 
     # -- operating a running system (the console and the CLI) -----------------
@@ -385,117 +379,81 @@ class Engine:
 
     def workflow_names(self) -> list[str]:
         """The base names of every workflow in the database."""
-        with store.wrapped(), self.connection() as c:
-            return sorted({sharding.base_name(s) for s in store.shard_names(c)})
+        return workflow_ops.names(self)
 
     def list_workflows(
-        self, name: str | None = None, *, status: str | None = None, tenant_id: object = operations.ANY_TENANT,
+        self, name: str | None = None, *, status: str | None = None, tenant_id: object = ANY_TENANT,
         waiting_for: str | None = None, created_from: object = None, created_to: object = None,
         after: str | None = None, limit: int = 50,
-    ) -> operations.WorkflowPage:
+    ) -> workflow_ops.WorkflowPage:
         """Workflows newest first (by ``created_at``), ``limit`` (<= 1,000) a
         page; ``after`` is the previous page's ``next_cursor``. Filters: base
         ``name``, ``status``, tenant, ``waiting_for`` (``signal`` for any
         signal, ``signal:document-income`` for one, ``activity``, ``timer``)
         and ``created_from <= created_at < created_to``."""
-        operations.check_limit(limit)
-        status = operations.check_status(status)
-        if waiting_for is not None and status is None:
-            status = "running"  # only running workflows wait: lets the status index serve it
-        keyset = None if not after else operations.decode_cursor(after)
-        tenant = operations.tenant_filter(tenant_id)
-        start, end = operations.check_time(created_from, "created_from"), operations.check_time(created_to, "created_to")
-        with store.wrapped(), self.connection() as c:
-            shards = operations.shards_for(self, c, name)
-            rows = store.list_workflows(c, shards, limit=limit + 1, status=status, tenant_id=tenant,
-                                        waiting_for=waiting_for or None, created_from=start, created_to=end,
-                                        after=keyset) if shards else []
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return operations.WorkflowPage(rows, operations.encode_cursor(rows[-1]) if more else None)
+        return workflow_ops.list_page(self, name, status=status, tenant_id=tenant_id, waiting_for=waiting_for,
+                                      created_from=created_from, created_to=created_to, after=after, limit=limit)
 
     def count_workflows(
-        self, name: str | None = None, *, tenant_id: object = operations.ANY_TENANT, waiting_for: str | None = None,
+        self, name: str | None = None, *, tenant_id: object = ANY_TENANT, waiting_for: str | None = None,
         created_from: object = None, created_to: object = None, cap: int | None = None,
     ) -> dict[str, int]:
         """How many workflows are in each status, under the list's filters.
         With ``cap`` a count stops there (a status at ``cap`` has at least
         that many): counting 10,000 costs what counting 10 million would not."""
-        tenant = operations.tenant_filter(tenant_id)
-        start, end = operations.check_time(created_from, "created_from"), operations.check_time(created_to, "created_to")
-        if cap is not None:
-            operations.check_limit(cap, 10**9)
-        statuses = ("running",) if waiting_for else operations.STATUSES  # only running workflows wait
-        with store.wrapped(), self.connection() as c:
-            shards = operations.shards_for(self, c, name)
-            counts = store.count_by_status(c, shards, statuses, tenant_id=tenant, waiting_for=waiting_for or None,
-                                           created_from=start, created_to=end, cap=cap) if shards else {}
-        return counts if cap is None else {s: min(n, cap) for s, n in counts.items()}
+        return workflow_ops.count(self, name, tenant_id=tenant_id, waiting_for=waiting_for,
+                                  created_from=created_from, created_to=created_to, cap=cap)
 
     def describe(
-        self, workflow_name: str, workflow_id: object, *, tenant_id: object = operations.ANY_TENANT
-    ) -> operations.WorkflowDetail:
+        self, workflow_name: str, workflow_id: object, *, tenant_id: object = ANY_TENANT
+    ) -> detail_ops.WorkflowDetail:
         """Everything recorded about one workflow (history with times,
         activities and their attempts, signals, timers, pending tasks, dead
         letters, the workers of its shard), read in one statement."""
-        return operations.detail_from_document(
-            operations.workflow_document(self, workflow_name, workflow_id, tenant_id))
+        return detail_ops.describe(self, workflow_name, workflow_id, tenant_id)
 
     def dead_letters(
-        self, name: str | None = None, *, tenant_id: object = operations.ANY_TENANT, after: object = None,
+        self, name: str | None = None, *, tenant_id: object = ANY_TENANT, after: object = None,
         limit: int = 50, include_retried: bool = False,
-    ) -> list[store.DeadLetter]:
+    ) -> list[workflow_ops.DeadLetter]:
         """Failed workflows' dead letters, newest first; ``after`` is the last
         ``id`` of the previous page. Retried ones only with ``include_retried``."""
-        operations.check_limit(limit)
-        tenant = operations.tenant_filter(tenant_id)
-        keyset = None if after is None or after == "" else parse_uuid(after, "after")
-        with store.wrapped(), self.connection() as c:
-            shards = operations.shards_for(self, c, name)
-            return store.list_dead_letters(c, shards, limit=limit, tenant_id=tenant, after=keyset,
-                                           include_retried=include_retried) if shards else []
+        return workflow_ops.dead_letters(self, name, tenant_id=tenant_id, after=after, limit=limit,
+                                         include_retried=include_retried)
 
-    def fleet(self, stale_seconds: float | None = None) -> operations.Fleet:
+    def fleet(self, stale_seconds: float | None = None) -> fleet_ops.Fleet:
         """The workers (from their heartbeats: shards, last beat, leases held)
         and each shard's queue: tasks, due, leased, the oldest due task's age
         and the live workers serving it. A worker whose last beat is older
         than ``stale_seconds`` (FLOWS_STALE_SECONDS, 30) is not live."""
-        if stale_seconds is None:
-            stale_seconds = float(os.environ.get("FLOWS_STALE_SECONDS", operations.DEFAULT_STALE_SECONDS))
-        return operations.fleet(self, stale_seconds)
+        return fleet_ops.fleet(self, fleet_ops.stale_seconds() if stale_seconds is None else stale_seconds)
 
     def event_rates(self, window_seconds: int = 600, bucket_seconds: int = 10) -> list[tuple[str, float, int]]:
         """History events recorded per shard per ``bucket_seconds`` over the
         last ``window_seconds``: (shard, bucket start in epoch seconds, count)."""
-        operations.check_limit(window_seconds, 7 * 86400)
-        operations.check_limit(bucket_seconds, 3600)
-        with store.wrapped(), self.connection() as c:
-            return store.event_rates(c, store.shard_names(c), window_seconds=window_seconds,
-                                     bucket_seconds=bucket_seconds)
+        return workflow_ops.event_rates(self, window_seconds, bucket_seconds)
 
     def retry(
-        self, workflow_name: str, workflow_id: object, *, tenant_id: object = operations.ANY_TENANT
-    ) -> operations.RetryResult:
+        self, workflow_name: str, workflow_id: object, *, tenant_id: object = ANY_TENANT
+    ) -> workflow_ops.RetryResult:
         """Run a failed workflow again from its last good step, in one
         transaction: its end is dropped from the history (and, when an
         activity that ran out of attempts failed it, that activity's step
         too, to run again with fresh attempts), it is running again, its
         dead letters are marked retried, and a replay is queued. Raises
         WorkflowNotFailed unless it failed."""
-        return operations.retry(self, workflow_name, workflow_id, tenant_id)
+        return workflow_ops.retry(self, workflow_name, workflow_id, tenant_id)
 
     def prune(self, older_than_seconds: float, *, name: str | None = None, batch_size: int = 500) -> int:
         """Delete workflows that ended (completed, failed, cancelled) more
         than ``older_than_seconds`` ago, with all their rows, ``batch_size``
         a transaction; running workflows are never touched. Returns how many."""
-        return operations.prune(self, older_than_seconds, name, batch_size)
+        return workflow_ops.prune(self, older_than_seconds, name, batch_size)
 
-    def export(
-        self, workflow_name: str, workflow_id: object, *, tenant_id: object = operations.ANY_TENANT
-    ) -> dict[str, Any]:
+    def export(self, workflow_name: str, workflow_id: object, *, tenant_id: object = ANY_TENANT) -> dict[str, Any]:
         """A run as a JSON-ready document (its workflow row, history,
         activities, signals and timers) for ``flows replay`` / ``replay_export``."""
-        return operations.export_document(operations.workflow_document(self, workflow_name, workflow_id, tenant_id))
+        return detail_ops.export(self, workflow_name, workflow_id, tenant_id)
 
     @staticmethod
     def replay_export(document: dict[str, Any], workflows: Any = None) -> Any:
@@ -605,7 +563,7 @@ def start_request(
 ) -> tuple[store.Statement[str], Execution]:
     parts = _start_parts(shards, workflow, inp, tenant_id, workflow_id, timeout)
     ex = parts.execution
-    statement = store.start_workflow(shard=ex.workflow_name_sharded, workflow_id=ex.workflow_id,
+    statement = client_store.start_workflow(shard=ex.workflow_name_sharded, workflow_id=ex.workflow_id,
                                      tenant_id=ex.tenant_id, version=parts.version, input=parts.input,
                                      timeout=parts.timeout)
     return statement, ex
@@ -660,7 +618,7 @@ def signal_with_start_request(
     data = codec.encode(payload, "payload")
     check_signal_payload([workflow], name, data)
     ex = parts.execution
-    statement = store.signal_with_start(
+    statement = client_store.signal_with_start(
         shard=ex.workflow_name_sharded, workflow_id=ex.workflow_id, tenant_id=ex.tenant_id, version=parts.version,
         input=parts.input, timeout=parts.timeout, signal_id=uuid6.uuid7(), name=name, payload=data)
     return statement, ex
@@ -677,14 +635,14 @@ def signalled_start(execution: Execution, answer: tuple[str, str | None]) -> Exe
 
 @dataclass(frozen=True)
 class SignalRequest:
-    statement: store.Statement[store.SignalSent | None]
+    statement: store.Statement[client_store.SignalSent | None]
     name: str
     workflow_id: UUID
     signal_id: UUID
     signal_name: str
     dedup_key: str | None
 
-    def answer(self, sent: store.SignalSent | None) -> UUID:
+    def answer(self, sent: client_store.SignalSent | None) -> UUID:
         where = f"{self.name}/{self.workflow_id}"
         if sent is None:
             raise WorkflowNotFound(f"no workflow {where}")
@@ -723,13 +681,13 @@ def signal_request(
     data = codec.encode(payload, "payload")
     check_signal_payload(workflow_versions(name), signal_name, data)
     signal_id = uuid6.uuid7()
-    statement = store.send_signal_statement(
+    statement = client_store.send_signal_statement(
         shard=shard, workflow_id=wid, tenant_id=tenant, signal_id=signal_id, name=signal_name, payload=data,
         task_id=uuid6.uuid7(), dedup_key=dedup_key, only_if_waiting=bool(only_if_waiting))
     return SignalRequest(statement, name, wid, signal_id, signal_name, dedup_key)
 
 
-def _status(name: str, row: store.WorkflowRow) -> WorkflowStatus:
+def _status(name: str, row: client_store.WorkflowRow) -> WorkflowStatus:
     definition = find_workflow(name, row.version)
 
     def typed(data: str | None, target: Any) -> Any:
@@ -747,8 +705,8 @@ def _status(name: str, row: store.WorkflowRow) -> WorkflowStatus:
 
 
 def workflow_status(
-    name: str, wid: UUID, row: store.WorkflowRow | None, activities: list[store.ActivityRow],
-    rejected: list[store.RejectedSignalRow] | None = None,
+    name: str, wid: UUID, row: client_store.WorkflowRow | None, activities: list[client_store.ActivityRow],
+    rejected: list[client_store.RejectedSignalRow] | None = None,
 ) -> WorkflowStatus:
     if row is None:
         raise WorkflowNotFound(f"no workflow {name}/{wid}")
@@ -765,7 +723,7 @@ def workflow_status(
     return msgspec.structs.replace(status, activity=described[-1], activities=described)
 
 
-def ended(name: str, wid: UUID, row: store.WorkflowRow | None) -> tuple[bool, Any]:
+def ended(name: str, wid: UUID, row: client_store.WorkflowRow | None) -> tuple[bool, Any]:
     """For result(): (True, output) once completed; raises once failed or
     cancelled; (False, None) while it runs."""
     if row is None:
@@ -777,7 +735,7 @@ def ended(name: str, wid: UUID, row: store.WorkflowRow | None) -> tuple[bool, An
     raise WorkflowFailed(wid, row.status, row.error)
 
 
-def result_wait(name: str, wid: UUID, row: store.WorkflowRow | None, deadline: float | None,
+def result_wait(name: str, wid: UUID, row: client_store.WorkflowRow | None, deadline: float | None,
                 timeout: float | None) -> float:
     """How long result() waits for the next notification; TimeoutError past its deadline."""
     wait = RESULT_RECHECK_SECONDS

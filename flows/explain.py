@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flows.operations import DEFAULT_STALE_SECONDS, Activity, Task, WorkflowDetail
+from flows.ops.detail import Activity, Task, WorkflowDetail
+from flows.ops.fleet import DEFAULT_STALE_SECONDS
 
 # A due task waiting longer than this while a live worker serves its shard
 # is worth a remark: a worker claims due work within milliseconds.

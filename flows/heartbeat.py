@@ -19,6 +19,8 @@ import threading
 from typing import Any, Callable
 
 from flows import metrics, store
+from flows.store import fleet as fleet_store
+from flows.store import leases as lease_store
 
 log = logging.getLogger("flows.worker")
 
@@ -41,7 +43,7 @@ class Heartbeat:
         self,
         *,
         owner: str,
-        serves: store.Serves,
+        serves: lease_store.Serves,
         shard_group: str,
         seconds: float,
         stale_seconds: float,
@@ -74,9 +76,10 @@ class Heartbeat:
         while True:
             try:
                 with self._pool.connection() as conn:
-                    beat = store.beat_worker(conn, self.owner, self.serves, self.stale_seconds) if registered else None
+                    beat = (fleet_store.beat_worker(conn, self.owner, self.serves, self.stale_seconds)
+                            if registered else None)
                     if beat is None:
-                        shared = store.register_worker(
+                        shared = fleet_store.register_worker(
                             conn, owner=self.owner, pid=os.getpid(), host=HOST, shard_group=self.shard_group,
                             shards=list(self.serves.shards),
                         )
@@ -98,7 +101,7 @@ class Heartbeat:
                 return
 
     def _release_stale(self, conn: Any) -> None:
-        for owner, released in store.release_stale_workers(conn, self.stale_seconds, [self.owner]):
+        for owner, released in fleet_store.release_stale_workers(conn, self.stale_seconds, [self.owner]):
             log.warning("stale-worker-released owner=%s leases=%s by=%s", owner, released, self.owner)
             metrics.leases_released(released, "stale")
 
@@ -111,7 +114,7 @@ class Heartbeat:
         self._thread.join(5.0)
         try:
             with self._pool.connection(timeout=5.0) as conn:
-                store.unregister_worker(conn, self.owner)
+                fleet_store.unregister_worker(conn, self.owner)
         except Exception as exc:  # noqa: BLE001 - a supervisor or another worker sweeps the stale row later
             log.warning("heartbeat-unregister-failed owner=%s error=%s", self.owner, type(exc).__name__)
         finally:

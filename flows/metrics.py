@@ -30,9 +30,10 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator, Protocol
 
-from flows import extras, sharding, store
+from flows import extras, sharding
+from flows.ops import fleet as fleet_ops
 
 log = logging.getLogger("flows.metrics")
 
@@ -293,23 +294,14 @@ class Woke:
     cause: str
     began: float
     late: float = 0.0
-    pending: store.Deferred | None = None
+    pending: Pending | None = None
 
 
-def woken(tx: store.StepTransaction, state: store.ReplayState, step: store.Step) -> Woke | None:
-    """What woke a claimed step, to time it once committed (None while
-    metrics are off, and for a step that records an attempt's end). A
-    signal's arrival and a timer's due time are read with the commit."""
-    if _m is None or state.task is None:
-        return None
-    wf = state.workflow
-    if state.task[1] == "timer":
-        return Woke("timer", tx.began, pending=store.woken_at(tx, wf.name, state.now, [], state.task[2]))
-    if wf.last_event is None and wf.run == 1:
-        return Woke("start", tx.began, (state.now - wf.created_at).total_seconds())
-    if step.signals:
-        return Woke("signal", tx.began, pending=store.woken_at(tx, wf.name, state.now, [s.id for s in step.signals]))
-    return Woke("claim", tx.began)
+class Pending(Protocol):
+    """A value read with the step's commit (``statements.Deferred``): its
+    first column, once committed, is ``late``."""
+
+    row: tuple[Any, ...] | None
 
 
 def attempt_woke(ended: float) -> Woke | None:
@@ -329,23 +321,24 @@ def _failed(exc: Exception) -> None:
 _warned = False
 
 
-def step_recorded(step: store.Step, woke: Woke | None) -> None:
-    """A step committed: count it, its workflow's end, and time it."""
+def step_recorded(shard: str, status: str | None, woke: Woke | None) -> None:
+    """A step of a workflow of ``shard`` committed, leaving it ``status``:
+    count it, its workflow's end, and time it."""
     m = _m
     if m is None:
         return
     try:
-        _step(m, step, woke)
+        _step(m, shard, status, woke)
     except Exception as exc:  # noqa: BLE001 - never fail a committed step over its metrics
         _failed(exc)
 
 
-def _step(m: _Metrics, step: store.Step, woke: Woke | None) -> None:
-    series, buffer = m.workflow(step.shard), _buffer
+def _step(m: _Metrics, shard: str, status: str | None, woke: Woke | None) -> None:
+    series, buffer = m.workflow(shard), _buffer
     buffer.count(series.steps)
-    if step.status == "completed":
+    if status == "completed":
         buffer.count(series.completed)
-    elif step.status == "failed":
+    elif status == "failed":
         buffer.count(series.failed)
     if woke is None:
         return
@@ -412,15 +405,13 @@ class _DatabaseCollector:
     """The gauges read from the database at scrape time: per shard, the
     tasks due and the oldest one's age, dead letters, live workers."""
 
-    _cache: dict[str, tuple[float, list[store.ShardGauges] | None]] = {}
+    _cache: dict[str, tuple[float, list[fleet_ops.ShardGauges] | None]] = {}
     _lock = threading.Lock()
 
     def __init__(self, key: str, connect: Connect) -> None:
         self.key, self.connect = key, connect
 
-    def _read(self) -> list[store.ShardGauges] | None:
-        from flows.heartbeat import STALE_SECONDS
-
+    def _read(self) -> list[fleet_ops.ShardGauges] | None:
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(self.key)
@@ -428,7 +419,7 @@ class _DatabaseCollector:
                 return cached[1]
             try:
                 with self.connect() as conn:
-                    rows: list[store.ShardGauges] | None = store.shard_gauges(conn, STALE_SECONDS)
+                    rows: list[fleet_ops.ShardGauges] | None = fleet_ops.shard_gauges(conn, fleet_ops.stale_seconds())
             except Exception as exc:  # noqa: BLE001 - the scrape still answers, with flows_database_up 0
                 log.warning("metrics-database-failed error=%s", type(exc).__name__)
                 rows = None
@@ -491,7 +482,7 @@ def serve(port: int, dsn: str, host: str = "", directory: str | None = None) -> 
     the server (``shutdown()`` stops it)."""
 
     def connect() -> ContextManager[Any]:
-        return store.connect(dsn, autocommit=True, timeout_seconds=DATABASE_TIMEOUT_SECONDS)
+        return fleet_ops.connect(dsn, seconds=DATABASE_TIMEOUT_SECONDS)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server protocol

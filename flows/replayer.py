@@ -19,7 +19,7 @@ import msgspec
 from flows import context, sharding
 from flows.definitions import WorkflowDefinition, registered_workflows
 from flows.errors import InvalidInput
-from flows.operations import EXPORT_FORMAT, event_step
+from flows.ops.detail import EXPORT_FORMAT, event_step
 
 _encoder = msgspec.json.Encoder()
 

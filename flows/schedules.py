@@ -36,6 +36,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from flows import codec, extras, metrics, sharding, store
+from flows.store import client as client_store
+from flows.store import schedules as schedule_store
 from flows.definitions import WorkflowDefinition
 from flows.errors import InvalidInput
 
@@ -152,7 +154,7 @@ def run_id(schedule_id: str, tick: datetime) -> UUID:
     return UUID(int=value)
 
 
-def info(row: store.ScheduleRow) -> ScheduleInfo:
+def info(row: schedule_store.ScheduleRow) -> ScheduleInfo:
     return ScheduleInfo(
         row.schedule_id, row.workflow_name, row.workflow_version, codec.decode(row.input), row.cron, row.timezone,
         row.overlap, row.catch_up, row.paused, row.next_fire_at, row.buffered_tick, row.last_tick,
@@ -162,37 +164,37 @@ def info(row: store.ScheduleRow) -> ScheduleInfo:
 
 def save(conn: store.Conn, s: Spec) -> ScheduleInfo:
     """Create or replace a schedule; its first tick is the next after now."""
-    first = next_tick(s.cron, s.timezone, store.db_now(conn))
-    return info(store.save_schedule(
+    first = next_tick(s.cron, s.timezone, store.database_now(conn))
+    return info(schedule_store.save_schedule(
         conn, schedule_id=s.schedule_id, tenant_id=s.tenant_id, workflow_name=s.workflow_name, version=s.version,
         input=s.input, cron=s.cron, timezone=s.timezone, overlap=s.overlap, catch_up=s.catch_up, next_fire_at=first,
     ))
 
 
-def _found(row: store.ScheduleRow | None, schedule_id: str) -> store.ScheduleRow:
+def _found(row: schedule_store.ScheduleRow | None, schedule_id: str) -> schedule_store.ScheduleRow:
     if row is None:
         raise InvalidInput(f"no schedule {schedule_id!r}", path="schedule_id")
     return row
 
 
 def set_paused(conn: store.Conn, schedule_id: str, paused: bool) -> ScheduleInfo:
-    row = _found(store.get_schedule(conn, schedule_id), schedule_id)
-    resume_at = None if paused else next_tick(row.cron, row.timezone, store.db_now(conn))
-    return info(_found(store.pause_schedule(conn, schedule_id, paused, resume_at), schedule_id))
+    row = _found(schedule_store.get_schedule(conn, schedule_id), schedule_id)
+    resume_at = None if paused else next_tick(row.cron, row.timezone, store.database_now(conn))
+    return info(_found(schedule_store.pause_schedule(conn, schedule_id, paused, resume_at), schedule_id))
 
 
 def delete(conn: store.Conn, schedule_id: str) -> bool:
-    return store.delete_schedule(conn, schedule_id)
+    return schedule_store.delete_schedule(conn, schedule_id)
 
 
 def list_all(conn: store.Conn) -> list[ScheduleInfo]:
-    return [info(row) for row in store.list_schedules(conn)]
+    return [info(row) for row in schedule_store.list_schedules(conn)]
 
 
-def _start(conn: store.Conn, row: store.ScheduleRow, tick: datetime, shards: int) -> tuple[UUID, bool]:
+def _start(conn: store.Conn, row: schedule_store.ScheduleRow, tick: datetime, shards: int) -> tuple[UUID, bool]:
     wid = run_id(row.schedule_id, tick)
     shard = sharding.sharded_name(row.workflow_name, wid, shards)
-    answer = store.run(conn, store.start_workflow(
+    answer = store.run(conn, client_store.start_workflow(
         shard=shard, workflow_id=wid, tenant_id=row.tenant_id, version=row.workflow_version,
         input=(row.input or "null").encode()))
     if answer == "taken":
@@ -202,11 +204,11 @@ def _start(conn: store.Conn, row: store.ScheduleRow, tick: datetime, shards: int
     return wid, answer == "created"
 
 
-def trigger(conn: store.Conn, schedule_id: str, shards: int) -> tuple[store.ScheduleRow, UUID, bool]:
+def trigger(conn: store.Conn, schedule_id: str, shards: int) -> tuple[schedule_store.ScheduleRow, UUID, bool]:
     """Start a run now (tick = the database's time), whatever the policies:
     (the schedule, the run's id, whether it was created)."""
-    row = _found(store.get_schedule(conn, schedule_id), schedule_id)
-    wid, created = _start(conn, row, store.db_now(conn), shards)
+    row = _found(schedule_store.get_schedule(conn, schedule_id), schedule_id)
+    wid, created = _start(conn, row, store.database_now(conn), shards)
     return row, wid, created
 
 
@@ -220,7 +222,7 @@ class Plan:
     skips: int
 
 
-def plan(row: store.ScheduleRow, now: datetime, last_running: bool) -> Plan:
+def plan(row: schedule_store.ScheduleRow, now: datetime, last_running: bool) -> Plan:
     """Which ticks to start now, by the catch-up and overlap policies."""
     due: list[datetime] = []
     tick = row.next_fire_at
@@ -257,11 +259,11 @@ def fire_due(lock_conn: store.Conn, start_conn: store.Conn, shards: int) -> int:
     a transaction of its own on ``start_conn``. Returns the runs started."""
     started = 0
     with lock_conn.transaction():
-        rows, now = store.lock_due_schedules(lock_conn, SCHEDULES_PER_PASS)
+        rows, now = schedule_store.lock_due_schedules(lock_conn, SCHEDULES_PER_PASS)
         for row in rows:
             running = False
             if row.overlap != "allow" and row.last_workflow_id is not None:
-                last = store.run(start_conn, store.workflow_statement(
+                last = store.run(start_conn, client_store.workflow_statement(
                     sharding.sharded_name(row.workflow_name, row.last_workflow_id, shards), row.last_workflow_id,
                     None))
                 running = last is not None and last.status == "running"
@@ -274,8 +276,9 @@ def fire_due(lock_conn: store.Conn, start_conn: store.Conn, shards: int) -> int:
                 started += created
                 log.info("schedule-fired schedule=%s tick=%s id=%s created=%s", row.schedule_id, tick.isoformat(),
                          last_id, created)
-            store.schedule_fired(lock_conn, row.schedule_id, next_fire_at=p.next_fire_at, buffered_tick=p.buffered,
-                                 last_tick=last_tick, last_workflow_id=last_id, starts=len(p.start), skips=p.skips)
+            schedule_store.schedule_fired(lock_conn, row.schedule_id, next_fire_at=p.next_fire_at,
+                                          buffered_tick=p.buffered, last_tick=last_tick, last_workflow_id=last_id,
+                                          starts=len(p.start), skips=p.skips)
     return started
 
 
@@ -306,7 +309,7 @@ class Scheduler:
             try:
                 with self._pool.connection() as lock_conn, self._pool.connection() as start_conn:
                     fire_due(lock_conn, start_conn, self.shards)
-                    due_in, buffered = store.schedules_due_in(lock_conn)
+                    due_in, buffered = schedule_store.schedules_due_in(lock_conn)
                 if due_in is not None:
                     wait = min(POLL_SECONDS, max(0.0, due_in))
                 if buffered:

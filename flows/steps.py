@@ -2,7 +2,7 @@
 
 A worker's transaction locks a workflow (claiming its task, or recording an
 activity attempt's end), replays it here against its history, and writes
-what the new step recorded in one statement (``store.record_step``). This
+what the new step recorded in one statement (``step_store.record_step``). This
 module owns that middle: which version of the code replays, what each
 command becomes, and how a step the database refuses fails its workflow
 alone instead of stalling its shard.
@@ -22,7 +22,6 @@ from datetime import datetime
 from typing import Any, Callable, Iterator
 
 import msgspec
-import psycopg
 import uuid6
 
 from flows import codec, context, history, metrics, sharding, store
@@ -42,6 +41,9 @@ from flows.context import (
 from flows.continuation import PARK_MIN_EVENTS, Memory, Parked, ReplayCache
 from flows.definitions import DEFAULT_RETRY, ActivityDefinition, WorkflowDefinition
 from flows.errors import ReplayOverBudget
+from flows.store import client as client_store
+from flows.store import leases as lease_store
+from flows.store import steps as step_store
 
 # The most history events one run of a workflow may have; a warning is logged
 # as a run passes HISTORY_WARN_FRACTION of it. Each event is read back by
@@ -141,15 +143,15 @@ class Prepared:
     """A step built but not yet written (see ``StepWriter.prepare``)."""
 
     key: tuple[str, Any]
-    state: store.ReplayState
-    step: store.Step
+    state: step_store.ReplayState
+    step: step_store.Step
     outcome: Outcome
     memory: Memory | None
     parked: Parked | None
     new: list[tuple[int, str, Any]]
     history_now: list[tuple[int, str, Any]]
     first_own: int
-    leased: list[store.ActivityTask]
+    leased: list[lease_store.ActivityTask]
     news: News | None
     woke: metrics.Woke | None = None  # for the step's metrics
     rejected: list[RejectSignal] = field(default_factory=list)  # signals its waits could not take
@@ -161,7 +163,7 @@ class AttemptPlan:
     (``prepared``) or, for a failed attempt to retry, alone (with what the
     worker remembers of the workflow, to bring up to date after)."""
 
-    step: store.Step
+    step: step_store.Step
     key: tuple[str, Any]
     prepared: Prepared | None = None
     memory: Memory | None = None
@@ -175,7 +177,7 @@ class Attempt:
     """How an activity attempt ended, to be recorded: ``output`` (JSON) or
     ``error``, how long it ran, and its last heartbeat details (JSON)."""
 
-    task: store.ActivityTask
+    task: lease_store.ActivityTask
     definition: ActivityDefinition[Any, Any] | None
     output: bytes | None = None
     error: str | None = None
@@ -186,7 +188,7 @@ class Attempt:
 
 class StepWriter:
     """Replays locked workflows with the code a worker has, and turns what
-    each replay decided into a ``store.Step``.
+    each replay decided into a ``step_store.Step``.
 
     ``alone()`` says whether no other worker serves the worker's shards:
     then work a step makes due is returned as ``News`` for the worker's own
@@ -221,10 +223,10 @@ class StepWriter:
     # -- replays --------------------------------------------------------------
 
     def advance(
-        self, tx: store.StepTransaction, state: store.ReplayState, lease_to: str | None,
-        ended: store.ActivityEnd | None = None, recorded: tuple[int, msgspec.Struct] | None = None,
+        self, tx: store.StepTransaction, state: step_store.ReplayState, lease_to: str | None,
+        ended: step_store.ActivityEnd | None = None, recorded: tuple[int, msgspec.Struct] | None = None,
         slots: int = 1,
-    ) -> tuple[list[store.ActivityTask], News | None]:
+    ) -> tuple[list[lease_store.ActivityTask], News | None]:
         """Replay a locked workflow (from what this worker remembers of it
         when still current), write what the new step recorded and commit,
         then remember the workflow again. Of the activities the step
@@ -234,20 +236,20 @@ class StepWriter:
         records and ``recorded`` its event."""
         prepared = self.prepare(tx, state, lease_to, ended, recorded, slots)
         try:
-            stamp = store.record_step(tx, prepared.step)
+            stamp = step_store.record_step(tx, prepared.step)
         except BaseException:
             self.abort(prepared)
             raise
         return self.finish(prepared, stamp)
 
     def prepare(
-        self, tx: store.StepTransaction, state: store.ReplayState, lease_to: str | None,
-        ended: store.ActivityEnd | None = None, recorded: tuple[int, msgspec.Struct] | None = None,
+        self, tx: store.StepTransaction, state: step_store.ReplayState, lease_to: str | None,
+        ended: step_store.ActivityEnd | None = None, recorded: tuple[int, msgspec.Struct] | None = None,
         slots: int = 1,
     ) -> Prepared:
         """Run a locked workflow's code to its next wait and build the step
         that records it, without writing it (``advance``, or several in one
-        transaction: ``store.record_steps``). Then ``finish`` it once
+        transaction: ``step_store.record_steps``). Then ``finish`` it once
         committed, or ``abort`` it."""
         wf = state.workflow
         key = (wf.name, wf.id)
@@ -260,13 +262,13 @@ class StepWriter:
             memory.forget()  # parked code takes only the events since its step, not a whole history
             memory = None
         if state.tail and memory is None:
-            state = store.load_state(tx, wf.name, wf.id, state.now)
+            state = step_store.load_state(tx, wf.name, wf.id, state.now)
         parked = None if memory is None else memory.parked
         try:
-            step = store.Step(wf.name, wf.id, wf.tenant_id, wf.version, "running", wf.sequence_num, activity=ended,
+            step = step_store.Step(wf.name, wf.id, wf.tenant_id, wf.version, "running", wf.sequence_num, activity=ended,
                               channel=sharding.channel(wf.name))
             if recorded is not None:
-                step.events.append(store.event(*recorded))
+                step.events.append(step_store.event(*recorded))
             # The events this worker has not seen yet: the state's (a tail, or
             # the whole history) and the attempt's end recorded here. A whole
             # history replaces what is remembered (added to it, every event
@@ -279,24 +281,27 @@ class StepWriter:
             leased, news = self._apply(step, outcome, lease_to if slots > 0 else None, state, slots)
             rejected = [cmd for cmd in outcome.commands if isinstance(cmd, RejectSignal)]
             if rejected:  # rare: a statement of its own, in the step's transaction
-                store.reject_signals(tx, wf.name, wf.id, [(cmd.signal.id, codec.text(cmd.reason)) for cmd in rejected])
+                reasons = [(cmd.signal.id, codec.text(cmd.reason)) for cmd in rejected]
+                step_store.reject_signals(tx, wf.name, wf.id, reasons)
         except BaseException:
             if parked is not None:
                 parked.abandon()  # its code ran on past what the database holds
             raise
         return Prepared(key, state, step, outcome, memory, parked, new, history_now, first_own, leased, news,
-                        metrics.woken(tx, state, step), rejected)
+                        _woken(tx, state, step), rejected)
 
     def abort(self, prepared: Prepared) -> None:
         """The step was not written: forget the code that ran on for it."""
         if prepared.parked is not None:
             prepared.parked.abandon()
 
-    def finish(self, prepared: Prepared, stamp: tuple[datetime, int]) -> tuple[list[store.ActivityTask], News | None]:
+    def finish(
+        self, prepared: Prepared, stamp: tuple[datetime, int]
+    ) -> tuple[list[lease_store.ActivityTask], News | None]:
         """The step is committed with ``stamp``: remember the workflow (a
         running one) and return the activities leased and the news."""
         p, wf = prepared, prepared.state.workflow
-        metrics.step_recorded(p.step, p.woke)
+        metrics.step_recorded(p.step.shard, p.step.status, p.woke)
         for rejected in p.rejected:
             log.warning("signal-rejected shard=%s id=%s signal=%s signal_id=%s", wf.name, wf.id,
                         rejected.signal.name, rejected.signal.id)
@@ -322,7 +327,7 @@ class StepWriter:
         return p.leased, p.news
 
     def _run(
-        self, state: store.ReplayState, memory: Memory | None, parked: Parked | None,
+        self, state: step_store.ReplayState, memory: Memory | None, parked: Parked | None,
         history_now: list[tuple[int, str, Any]],
     ) -> tuple[Outcome, Parked | None, list[tuple[int, str, Any]]]:
         """Run the workflow's code to its next wait: resume its parked code
@@ -360,77 +365,79 @@ class StepWriter:
         return outcome, None, history_now
 
     @staticmethod
-    def _over_limit(wf: store.WorkflowRow, run_events: int) -> Outcome:
+    def _over_limit(wf: client_store.WorkflowRow, run_events: int) -> Outcome:
         return Outcome([], "failed", wf.sequence_num, error=(
             f"HistoryLimitExceeded: this run has {run_events} history events, over the limit of {HISTORY_LIMIT}"
             " (FLOWS_HISTORY_LIMIT): call ctx.continue_as_new() well before it"))
 
     @staticmethod
-    def _warn_near_limit(wf: store.WorkflowRow, before: int, after: int) -> None:
+    def _warn_near_limit(wf: client_store.WorkflowRow, before: int, after: int) -> None:
         warn_at = int(HISTORY_LIMIT * HISTORY_WARN_FRACTION)
         if before < warn_at <= after:
             log.warning("workflow-history-near-limit shard=%s id=%s events=%s limit=%s: call ctx.continue_as_new()",
                         wf.name, wf.id, after, HISTORY_LIMIT)
 
     def _apply(
-        self, step: store.Step, outcome: Outcome, lease_to: str | None, state: store.ReplayState, slots: int = 1,
-    ) -> tuple[list[store.ActivityTask], News | None]:
+        self, step: step_store.Step, outcome: Outcome, lease_to: str | None, state: step_store.ReplayState,
+        slots: int = 1,
+    ) -> tuple[list[lease_store.ActivityTask], News | None]:
         """Turn a replay's commands into the step's writes; return the
         activities leased to ``lease_to`` (``slots`` at most) and the news
         for our wake-ups."""
         shard, wid, tenant, db_now = step.shard, step.workflow_id, step.tenant_id, state.now
         news = News(shard)
-        leased: list[store.ActivityTask] = []
+        leased: list[lease_store.ActivityTask] = []
         for cmd in outcome.commands:
             if isinstance(cmd, ScheduleActivity):
                 act = cmd.activity
                 owner = lease_to if act.name in self.activities and len(leased) < slots else None
                 task_id = uuid6.uuid7()
-                step.activities.append(store.NewActivity(
+                step.activities.append(step_store.NewActivity(
                     cmd.activity_id, task_id, act.name, cmd.seq, msgspec.Raw(cmd.input), act.retry.max_attempts,
                     lease_seconds(self.activities.get(act.name, act)), owner,
                 ))
-                step.events.append(store.event(
+                step.events.append(step_store.event(
                     cmd.seq, history.ActivityScheduled(act.name, cmd.activity_id, msgspec.Raw(cmd.input))))
                 if owner is None:
                     news.activities = True
                 else:
-                    leased.append(store.ActivityTask(
+                    leased.append(lease_store.ActivityTask(
                         shard, task_id, wid, tenant, cmd.activity_id, act.name, cmd.seq, cmd.input, 0, token=1))
             elif isinstance(cmd, ConsumeSignal):
                 sig = cmd.signal
-                step.signals.append(store.ConsumedSignal(sig.id, cmd.seq))
-                step.events.append(store.event(
+                step.signals.append(step_store.ConsumedSignal(sig.id, cmd.seq))
+                step.events.append(step_store.event(
                     cmd.seq, history.SignalReceived(sig.name, sig.id, msgspec.Raw(sig.payload or b"null"))))
             elif isinstance(cmd, StartTimer):
-                step.timers.append(store.NewTimer(cmd.timer_id, uuid6.uuid7(), cmd.seq, cmd.fire_at))
-                step.events.append(store.event(cmd.seq, history.TimerStarted(cmd.timer_id, cmd.fire_at, cmd.seconds)))
+                step.timers.append(step_store.NewTimer(cmd.timer_id, uuid6.uuid7(), cmd.seq, cmd.fire_at))
+                step.events.append(step_store.event(
+                    cmd.seq, history.TimerStarted(cmd.timer_id, cmd.fire_at, cmd.seconds)))
                 news.timers_in.append((cmd.fire_at - db_now).total_seconds())
             elif isinstance(cmd, AwaitSignal):
-                step.timers.append(store.NewTimer(cmd.timer_id, uuid6.uuid7(), cmd.seq, cmd.fire_at))
-                step.events.append(store.event(
+                step.timers.append(step_store.NewTimer(cmd.timer_id, uuid6.uuid7(), cmd.seq, cmd.fire_at))
+                step.events.append(step_store.event(
                     cmd.seq, history.SignalAwaited(cmd.name, cmd.timer_id, cmd.fire_at, cmd.seconds)))
                 news.timers_in.append((cmd.fire_at - db_now).total_seconds())
             elif isinstance(cmd, CancelTimer):
                 step.cancel_timers.append(cmd.timer_id)
             elif isinstance(cmd, StartChild):
                 child = cmd.workflow
-                step.children.append(store.NewChild(
+                step.children.append(step_store.NewChild(
                     cmd.workflow_id, sharding.sharded_name(child.name, cmd.workflow_id, self.shards), child.version,
                     cmd.seq, msgspec.Raw(cmd.input), cmd.parent_close))
-                step.events.append(store.event(cmd.seq, history.ChildScheduled(
+                step.events.append(step_store.event(cmd.seq, history.ChildScheduled(
                     child.name, cmd.workflow_id, msgspec.Raw(cmd.input), child.version, cmd.parent_close)))
                 news.replay_now = True
             elif isinstance(cmd, RecordEvent):
-                step.events.append(store.event(cmd.seq, cmd.event))
+                step.events.append(step_store.event(cmd.seq, cmd.event))
         if outcome.status == "running":
             step.waiting_for = outcome.waiting_for
         elif outcome.status == "continued":
             wf = state.workflow
             step.next_input = msgspec.Raw(outcome.output or b"null")
             step.next_task_id = uuid6.uuid7()
-            step.end_event = store.event(0, history.WorkflowContinuedAsNew(step.next_input))
-            step.start_event = store.event(0, history.WorkflowStarted(wf.version, wf.run + 1))
+            step.end_event = step_store.event(0, history.WorkflowContinuedAsNew(step.next_input))
+            step.start_event = step_store.event(0, history.WorkflowStarted(wf.version, wf.run + 1))
             news.replay_now = True
             log.info("workflow-continued-as-new shard=%s id=%s run=%s", shard, wid, wf.run + 1)
         else:
@@ -448,26 +455,26 @@ class StepWriter:
         return leased, None
 
     @staticmethod
-    def _end(step: store.Step, status: str, output: bytes | None, error: str | None) -> None:
+    def _end(step: step_store.Step, status: str, output: bytes | None, error: str | None) -> None:
         if status == "failed":
             # The class only: the message is the workflow's own and may hold its data (it is in workflows.error).
             log.warning("workflow-failed shard=%s id=%s error=%s", step.shard, step.workflow_id,
                         (error or "").split(":", 1)[0])
             step.error = codec.text(error or "")
             step.dlq_id = uuid6.uuid7()
-            step.end_event = store.event(0, history.WorkflowFailed(step.error))
+            step.end_event = step_store.event(0, history.WorkflowFailed(step.error))
         else:
             step.output = msgspec.Raw(output or b"null")
-            step.end_event = store.event(0, history.WorkflowCompleted(step.output))
+            step.end_event = step_store.event(0, history.WorkflowCompleted(step.output))
         step.done_channel = sharding.channel(step.shard, "flows-done")
 
-    def time_out(self, tx: store.StepTransaction, state: store.ReplayState) -> None:
+    def time_out(self, tx: store.StepTransaction, state: step_store.ReplayState) -> None:
         """A workflow's execution timeout ran out (its claimed `timeout`
         task): it fails with "timed out", its pending work dropped."""
         prepared = self.prepare_time_out(state)
-        self.finish(prepared, store.record_step(tx, prepared.step))
+        self.finish(prepared, step_store.record_step(tx, prepared.step))
 
-    def prepare_time_out(self, state: store.ReplayState) -> Prepared:
+    def prepare_time_out(self, state: step_store.ReplayState) -> Prepared:
         """``time_out``'s step, not written yet (for a batch of claims)."""
         wf = state.workflow
         assert state.task is not None
@@ -476,7 +483,7 @@ class StepWriter:
         memory = self.cache.take(key)
         if memory is not None:
             memory.forget()
-        step = store.Step(wf.name, wf.id, wf.tenant_id, wf.version, "failed", wf.sequence_num,
+        step = step_store.Step(wf.name, wf.id, wf.tenant_id, wf.version, "failed", wf.sequence_num,
                           channel=sharding.channel(wf.name))
         error = f"timed out: still running after its execution timeout of {seconds or 0:g}s"
         self._end(step, "failed", None, error)
@@ -487,19 +494,19 @@ class StepWriter:
 
     def record_attempt(
         self, tx: store.StepTransaction, attempt: Attempt, owner: str, lease_to: str | None
-    ) -> tuple[list[store.ActivityTask], News | None]:
+    ) -> tuple[list[lease_store.ActivityTask], News | None]:
         """Record how an attempt ended, if its delivery still holds the lease:
         a completion or a last failure replays the workflow in this same
         transaction; a failure with attempts left queues the next attempt
         after the retry policy's delay. Returns the activity the replay
         leased to ``lease_to``, if any, and the news for our wake-ups."""
         task = attempt.task
-        state = store.lock_activity(tx, task, owner, self.cache.stamp((task.shard, task.workflow_id)))
+        state = step_store.lock_activity(tx, task, owner, self.cache.stamp((task.shard, task.workflow_id)))
         plan = self.plan_attempt(tx, attempt, state, lease_to)
         if plan is None:
             return [], None
         try:
-            stamp = store.record_step(tx, plan.step)
+            stamp = step_store.record_step(tx, plan.step)
         except BaseException:
             self.abort_attempt(plan)
             raise
@@ -507,18 +514,18 @@ class StepWriter:
 
     def record_attempts(
         self, tx: store.StepTransaction, items: list[tuple[Attempt, str | None]], owner: str
-    ) -> list[tuple[list[store.ActivityTask], News | None]]:
+    ) -> list[tuple[list[lease_store.ActivityTask], News | None]]:
         """``record_attempt`` for attempts of different workflows of one
         shard, in one transaction: their locks in one round trip, their
         steps and the commit in another."""
         tasks = [(a.task, self.cache.stamp((a.task.shard, a.task.workflow_id))) for a, _ in items]
-        states = store.lock_activities(tx, tasks, owner)
+        states = step_store.lock_activities(tx, tasks, owner)
         plans: list[AttemptPlan | None] = []
         try:
             for (attempt, lease_to), state in zip(items, states):
                 plans.append(self.plan_attempt(tx, attempt, state, lease_to))
             steps = [p.step for p in plans if p is not None]
-            stamps = iter(store.record_steps(tx, steps) if steps else [])
+            stamps = iter(step_store.record_steps(tx, steps) if steps else [])
         except BaseException:
             for plan in plans:
                 if plan is not None:
@@ -527,7 +534,7 @@ class StepWriter:
         return [([], None) if plan is None else self.finish_attempt(plan, next(stamps)) for plan in plans]
 
     def plan_attempt(
-        self, tx: store.StepTransaction, attempt: Attempt, state: store.ReplayState | None, lease_to: str | None
+        self, tx: store.StepTransaction, attempt: Attempt, state: step_store.ReplayState | None, lease_to: str | None
     ) -> AttemptPlan | None:
         """The step recording an attempt's end, given the workflow locked
         for it (``state``: None when the delivery lost its lease); None when
@@ -546,7 +553,8 @@ class StepWriter:
         if attempt.error is None:
             assert attempt.output is not None
             output = msgspec.Raw(attempt.output)
-            ended = store.ActivityEnd(task.activity_id, "completed", task.attempt, seq, output=output, details=details)
+            ended = step_store.ActivityEnd(task.activity_id, "completed", task.attempt, seq, output=output,
+                                           details=details)
             recorded = (seq, history.ActivityCompleted(name, output, task.attempt, attempt.duration_seconds))
         else:
             error = codec.text(attempt.error)
@@ -555,11 +563,11 @@ class StepWriter:
             if failures < retry.max_attempts:
                 wf = state.workflow
                 delay = retry.delay_seconds(failures, random.random)
-                event = store.event(seq, history.ActivityRetrying(
+                event = step_store.event(seq, history.ActivityRetrying(
                     name, task.attempt, error, delay, attempt.duration_seconds))
-                step = store.Step(
+                step = step_store.Step(
                     wf.name, wf.id, wf.tenant_id, wf.version, None, wf.sequence_num,
-                    retry=store.Retry(task.activity_id, failures, error, delay, uuid6.uuid7(), name,
+                    retry=step_store.Retry(task.activity_id, failures, error, delay, uuid6.uuid7(), name,
                                       lease_seconds(attempt.definition), event, details),
                 )
                 alone = self.alone()
@@ -573,7 +581,7 @@ class StepWriter:
                 return AttemptPlan(step, key, memory=memory, retry_events=new,
                                    news=News(wf.name, retries_in=[delay]) if alone else None,
                                    woke=metrics.attempt_woke(attempt.ended))
-            ended = store.ActivityEnd(task.activity_id, "failed", task.attempt, seq, error=error, details=details)
+            ended = step_store.ActivityEnd(task.activity_id, "failed", task.attempt, seq, error=error, details=details)
             recorded = (seq, history.ActivityFailed(name, error, failures, attempt.duration_seconds))
         prepared = self.prepare(tx, state, lease_to, ended, recorded)
         prepared.woke = metrics.attempt_woke(attempt.ended)
@@ -587,10 +595,10 @@ class StepWriter:
 
     def finish_attempt(
         self, plan: AttemptPlan, stamp: tuple[datetime, int]
-    ) -> tuple[list[store.ActivityTask], News | None]:
+    ) -> tuple[list[lease_store.ActivityTask], News | None]:
         if plan.prepared is not None:
             return self.finish(plan.prepared, stamp)
-        metrics.step_recorded(plan.step, plan.woke)
+        metrics.step_recorded(plan.step.shard, plan.step.status, plan.woke)
         if plan.memory is not None:  # still current: it takes the retry's event
             self._remember_retry(plan.key, plan.memory, stamp, plan.retry_events)
         return [], plan.news
@@ -616,14 +624,14 @@ class StepWriter:
         fails alone instead of being retried in place for ever. False if it
         was not running (any more)."""
         with store.StepTransaction(conn) as tx:
-            found = store.lock_workflow(tx, shard, workflow_id)
+            found = step_store.lock_workflow(tx, shard, workflow_id)
             if found is None or found[1] != "running":
                 return False
             tenant, _, version, seq = found
-            step = store.Step(shard, workflow_id, tenant, version, "failed", seq, channel=sharding.channel(shard))
+            step = step_store.Step(shard, workflow_id, tenant, version, "failed", seq, channel=sharding.channel(shard))
             self._end(step, "failed", None, error)
-            store.record_step(tx, step)
-        metrics.step_recorded(step, None)
+            step_store.record_step(tx, step)
+        metrics.step_recorded(step.shard, step.status, None)
         return True
 
 
@@ -632,8 +640,18 @@ def _bytes(rows: list[tuple[int, str, Any]]) -> int:
     return sum(len(data) + 120 for _, _, data in rows)
 
 
-def refused_by_database(exc: BaseException) -> bool:
-    """A step the database refuses for what it holds, not for its state:
-    data exceptions (SQLSTATE class 22) and integrity violations (23).
-    Retrying it in place would fail the same way for ever."""
-    return isinstance(exc, psycopg.Error) and (exc.sqlstate or "")[:2] in ("22", "23")
+def _woken(tx: store.StepTransaction, state: step_store.ReplayState, step: step_store.Step) -> metrics.Woke | None:
+    """What woke a claimed step, to time it once committed (None while
+    metrics are off, and for a step that records an attempt's end). A
+    signal's arrival and a timer's due time are read with the commit."""
+    if not metrics.enabled() or state.task is None:
+        return None
+    wf = state.workflow
+    if state.task[1] == "timer":
+        return metrics.Woke("timer", tx.began, pending=step_store.woken_at(tx, wf.name, state.now, [], state.task[2]))
+    if wf.last_event is None and wf.run == 1:
+        return metrics.Woke("start", tx.began, (state.now - wf.created_at).total_seconds())
+    if step.signals:
+        return metrics.Woke("signal", tx.began,
+                            pending=step_store.woken_at(tx, wf.name, state.now, [s.id for s in step.signals]))
+    return metrics.Woke("claim", tx.began)

@@ -27,7 +27,11 @@ from flows.engine import Engine
 from flows.errors import ConfigurationError, ReplayOverBudget
 from flows.heartbeat import HEARTBEAT_SECONDS, HOST, STALE_SECONDS, Heartbeat
 from flows.schedules import Scheduler
-from flows.steps import News, Prepared, ReplayBudget, StepWriter, refused_by_database
+from flows.steps import News, Prepared, ReplayBudget, StepWriter
+from flows.store import carry as carry_store
+from flows.store import leases as lease_store
+from flows.store import schedules as schedule_store
+from flows.store import steps as step_store
 from flows.threads import Threads
 from flows.wakeups import ACTIVITY, NEVER, REPLAY, Dispatcher, Ticket, Wake, Waker
 
@@ -110,7 +114,7 @@ class Worker:
         self._versions = {
             s: sorted(v for n, v in self.workflows if n == sharding.base_name(s)) for s in self.shards
         }
-        self.serves = store.Serves(
+        self.serves = lease_store.Serves(
             tuple(self.shards), tuple(tuple(self._versions[s]) for s in self.shards), tuple(sorted(self.activities)),
         )
         self.concurrency = concurrency
@@ -243,7 +247,7 @@ class Worker:
     def _connect_listener(self) -> None:
         conn = store.connect(self.engine.dsn, autocommit=True)
         try:
-            store.listen(conn, [*self._channels, *([store.SCHEDULES_CHANNEL] if self.scheduler else [])])
+            store.listen(conn, [*self._channels, *([schedule_store.SCHEDULES_CHANNEL] if self.scheduler else [])])
         except BaseException:
             conn.close()
             raise
@@ -261,7 +265,7 @@ class Worker:
         """Learn every shard's next due times in one statement."""
         survey = self.wakeups.survey()
         with self._pool.connection() as conn:
-            rows = store.due_times(conn, self.serves)
+            rows = lease_store.due_times(conn, self.serves)
         for kind in (REPLAY, ACTIVITY):
             self.wakeups.learn_survey(survey, kind, {shard: due for shard, k, due in rows if k == kind})
 
@@ -279,7 +283,7 @@ class Worker:
                 for note in self._listener.notifies(timeout=0):
                     shard = self._channels.get(note.channel)
                     if shard is None:
-                        if note.channel == store.SCHEDULES_CHANNEL and self.scheduler is not None:
+                        if note.channel == schedule_store.SCHEDULES_CHANNEL and self.scheduler is not None:
                             self.scheduler.poke()
                         continue
                     if note.payload != store.ACTIVITY_WORK:
@@ -380,13 +384,13 @@ class Worker:
 
     def _run_one(self, ticket: Ticket) -> bool:
         slot = 0 if self._stopping.is_set() or not self.activities else self.runner.reserve(1)
-        leased: list[store.ActivityTask] = []
+        leased: list[lease_store.ActivityTask] = []
         try:
             with self._pool.connection() as conn:
-                state: store.ReplayState | None = None
+                state: step_store.ReplayState | None = None
                 try:
                     with store.StepTransaction(conn) as tx:
-                        claimed = store.claim_replay(tx, ticket.shard, self._versions[ticket.shard],
+                        claimed = step_store.claim_replay(tx, ticket.shard, self._versions[ticket.shard],
                                                      self.steps.whole_below, self.owner)
                         due = claimed.next_due
                         took = claimed.state is not None or claimed.carry is not None
@@ -426,14 +430,14 @@ class Worker:
         and the shard goes back to one task at a time, where a step that
         cannot be written fails its own workflow alone."""
         slots = 0 if self._stopping.is_set() or not self.activities else self.runner.reserve(CLAIM_BATCH)
-        leased: list[store.ActivityTask] = []
+        leased: list[lease_store.ActivityTask] = []
         prepared: list[Prepared] = []
-        carry: store.Carry | None = None
+        carry: carry_store.Carry | None = None
         try:
             with self._pool.connection() as conn:
                 try:
                     with store.StepTransaction(conn) as tx:
-                        states, due, carry = store.claim_replays(
+                        states, due, carry = step_store.claim_replays(
                             tx, ticket.shard, self._versions[ticket.shard], self.steps.whole_below,
                             self.wakeups.batch_size(ticket.shard), self.owner)
                         took = bool(states) or carry is not None
@@ -448,7 +452,7 @@ class Worker:
                             else:
                                 lease_to = self.owner if len(prepared) < slots else None
                                 prepared.append(self.steps.prepare(tx, state, lease_to))
-                        stamps = store.record_steps(tx, [p.step for p in prepared]) if prepared else []
+                        stamps = step_store.record_steps(tx, [p.step for p in prepared]) if prepared else []
                         log.debug("claimed-batch shard=%s tasks=%s", ticket.shard, len(states))
                 except (Exception, ReplayOverBudget) as exc:
                     for p in prepared:
@@ -471,14 +475,14 @@ class Worker:
         finally:
             self.runner.release(slots - len(leased))
 
-    def _step_failed(self, conn: Any, state: store.ReplayState, exc: BaseException) -> None:
+    def _step_failed(self, conn: Any, state: step_store.ReplayState, exc: BaseException) -> None:
         """A step could not be recorded and was rolled back. The database
         refusing what it holds fails the workflow at once; another error
         (a replay over its budget, a bug) fails it when it repeats. Either
         way the workflow fails alone, never stalling its shard."""
         wf = state.workflow
         key = (wf.name, wf.id)
-        if refused_by_database(exc):  # its primary message goes to the workflow's error, not to the log
+        if store.refused_by_database(exc):  # its primary message goes to the workflow's error, not to the log
             diag = getattr(exc, "diag", None)
             why = (f"the database refused this step: {type(exc).__name__} ({getattr(exc, 'sqlstate', '')}):"
                    f" {diag.message_primary if diag is not None else ''}")
@@ -509,7 +513,7 @@ class Worker:
         if self.runner.shutdown(0.0 if self._immediate else self.graceful_timeout):
             try:  # attempts still running: let others redo them now
                 with self._pool.connection() as conn, conn.transaction():
-                    released = store.release_leases(conn, self.shards, self.owner)
+                    released = lease_store.release_leases(conn, self.shards, self.owner)
                 log.warning("worker-released-leases owner=%s count=%s", self.owner, released)
             except Exception as exc:  # noqa: BLE001 - best effort; leases expire anyway
                 log.warning("worker-release-failed owner=%s error=%s", self.owner, type(exc).__name__)

@@ -26,7 +26,9 @@ from flows.errors import (
     WorkflowNotRunning,
 )
 from flows.explain import span, why
-from flows.operations import ANY_TENANT, STATUSES, WorkflowDetail, WorkflowPage, check_time, decode_json
+from flows.ids import ANY_TENANT, parse_uuid
+from flows.ops.detail import WorkflowDetail
+from flows.ops.workflows import STATUSES, WorkflowPage, check_time, decode_json
 from flows.console.session import COOKIE_NAME, MAX_AGE_SECONDS, ConsoleSession, CookieCodec
 
 PAGE_SIZES = (50, 200, 1000)
@@ -283,8 +285,6 @@ def console_blueprint(
             raise InvalidInput(f"limit must be one of {PAGE_SIZES}, got {limit}")
         scope = viewer().scope
         if viewer().admin and args.get("tenant"):
-            from flows.engine import parse_uuid
-
             scope = parse_uuid(args["tenant"], "tenant")
         result = eng.list_workflows(name, status=status, tenant_id=scope, waiting_for=waiting,
                                     created_from=created_from, created_to=created_to, after=args.get("after") or None,

@@ -23,9 +23,11 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from flows import metrics, migrate, sharding, store
+from flows import metrics, sharding
 from flows.errors import DatabaseError, DatabaseUnavailable, FlowsError
+from flows.ops import fleet as fleet_ops
 from flows.supervisor import child as childproc
 from flows.supervisor.child import Ready, WorkerSpec
 from flows.supervisor.exits import EXIT_BOOT_ERROR, EXIT_DATABASE, EXIT_OK, ChildExit, classify, signal_name
@@ -99,7 +101,7 @@ class Arbiter:
         self._release_at = 0.0
         self._sweep_seconds = max(1.0, config.stale_seconds / 2)
         self._sweep_at = 0.0
-        self._db: store.Conn | None = None
+        self._db: Any = None
         self._db_ok_since: float | None = None
         self._wake_r = self._wake_w = -1
 
@@ -387,8 +389,7 @@ class Arbiter:
         deadline = time.monotonic() + STARTUP_DB_WAIT_SECONDS
         while True:
             try:
-                with store.wrapped():
-                    pending = migrate.check(self._conn())
+                pending = fleet_ops.check(self._conn())
                 break
             except DatabaseError as exc:
                 self._close_db()
@@ -407,9 +408,9 @@ class Arbiter:
         self._db_ok_since = time.monotonic()
         return True
 
-    def _conn(self) -> store.Conn:
+    def _conn(self) -> Any:
         if self._db is None or self._db.closed:
-            self._db = store.connect_supervisor(self.config.dsn, timeout_seconds=DB_TIMEOUT_SECONDS)
+            self._db = fleet_ops.connect(self.config.dsn, seconds=DB_TIMEOUT_SECONDS)
         return self._db
 
     def _close_db(self) -> None:
@@ -433,8 +434,7 @@ class Arbiter:
         while self._pending_release:
             dead = self._pending_release[0]
             try:
-                with store.wrapped():
-                    released = store.release_worker(self._conn(), dead.owner, dead.shards)
+                released = fleet_ops.release_worker(self._conn(), dead.owner, dead.shards)
             except DatabaseError as exc:
                 self._db_failed("release", exc)
                 self._release_at = time.monotonic() + RELEASE_RETRY_SECONDS
@@ -456,8 +456,7 @@ class Arbiter:
         self._sweep_at = now + self._sweep_seconds
         if self._db_ok_since is None:
             try:
-                with store.wrapped():
-                    store.fleet_schema_ready(self._conn())  # a cheap probe
+                fleet_ops.probe(self._conn())
                 self._db_ok_since = now
             except DatabaseError as exc:
                 self._db_failed("sweep", exc)
@@ -466,8 +465,7 @@ class Arbiter:
             return
         alive = [c.ready.owner for c in self.children.values() if c.ready is not None]
         try:
-            with store.wrapped():
-                swept = store.release_stale_workers(self._conn(), self.config.stale_seconds, alive)
+            swept = fleet_ops.release_stale(self._conn(), self.config.stale_seconds, alive)
         except DatabaseError as exc:
             self._db_failed("sweep", exc)
             return

@@ -19,7 +19,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from flows import Engine, embedded, migrate, store
+from flows import Engine, embedded, migrate
+from flows.store import leases as lease_store
 from tests import fleet_app
 from tests.acceptance.fleet_harness import (
     EXIT,
@@ -141,7 +142,8 @@ def test_leases_of_a_machine_that_died_are_released_once_its_heartbeat_is_stale(
                == (5,), what="activities scheduled")
     replayer.stop()
     with ledger.transaction():
-        leased = [t for s in shards for t in store.claim_activities(ledger, s, ["fleet-effect"], "lost-host:41", 10)[0]]
+        leased = [t for s in shards
+                  for t in lease_store.claim_activities(ledger, s, ["fleet-effect"], "lost-host:41", 10)[0]]
         assert len(leased) == 5
         ledger.execute("UPDATE task_queue SET visibility_timeout = now() + interval '1 hour'"
                        " WHERE lease_owner = 'lost-host:41'")  # a lease that would outlive the test

@@ -14,6 +14,8 @@ import pytest
 
 import flows
 from flows import Engine, Worker, store
+from flows.store import leases as lease_store
+from flows.store import steps as step_store
 from tests import engine_app
 from tests.acceptance.fleet_harness import wait_until
 from tests.integration.conftest import Spawn
@@ -116,14 +118,14 @@ def test_only_the_delivery_holding_the_lease_may_record(
                what="the activity task")
     replayer.stop()
     shard = run.workflow_name_sharded
-    [first], _ = store.claim_activities(db, shard, ["t-slow"], "same-name", 1)
+    [first], _ = lease_store.claim_activities(db, shard, ["t-slow"], "same-name", 1)
     db.execute("UPDATE task_queue SET visibility_timeout = now() WHERE id = %s", (first.task_id,))  # lease ran out
-    [second], _ = store.claim_activities(db, shard, ["t-slow"], "same-name", 1)
+    [second], _ = lease_store.claim_activities(db, shard, ["t-slow"], "same-name", 1)
     assert (first.token, second.token, second.lost) == (1, 2, 1)
     with store.StepTransaction(db) as tx:
-        assert store.lock_activity(tx, first, "same-name") is None  # the stale delivery: refused
+        assert step_store.lock_activity(tx, first, "same-name") is None  # the stale delivery: refused
     with store.StepTransaction(db) as tx:
-        assert store.lock_activity(tx, second, "same-name") is not None  # the current one
+        assert step_store.lock_activity(tx, second, "same-name") is not None  # the current one
 
 
 @flows.activity("att-beating", retry=QUICK, timeout=30, heartbeat_timeout=0.5)

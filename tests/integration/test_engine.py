@@ -11,6 +11,7 @@ import pytest
 
 import flows
 from flows import Engine, store
+from flows.store import steps as step_store
 from tests import engine_app
 from tests.engine_app import Job, broken_workflow, documents, flaky_workflow, hold, sleeper, three_steps
 
@@ -279,13 +280,13 @@ def test_a_claim_says_when_its_shards_next_task_of_the_workers_versions_falls_du
         answers = []
         for _ in range(3):
             with store.StepTransaction(conn) as tx:
-                claimed = store.claim_replay(tx, shard, [1])
+                claimed = step_store.claim_replay(tx, shard, [1])
             answers.append((claimed.state is not None, claimed.next_due))
         with store.StepTransaction(conn) as tx:
-            assert store.claim_replay(tx, shard, [2]).next_due is None  # no version-2 work
+            assert step_store.claim_replay(tx, shard, [2]).next_due is None  # no version-2 work
         conn.execute("DELETE FROM task_queue WHERE workflow_name = %s", (shard,))
         with store.StepTransaction(conn) as tx:
-            assert store.claim_replay(tx, shard, [1]) == store.Claimed(None, None)
+            assert step_store.claim_replay(tx, shard, [1]) == step_store.Claimed(None, None)
     (first, now_due), (second, timer_due), (third, still_timer) = answers
     assert (first, second, third) == (True, True, False)
     assert now_due is not None and now_due <= 0  # the second workflow's task waited

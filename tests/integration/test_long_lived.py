@@ -12,6 +12,7 @@ import pytest
 
 import flows
 from flows import Engine, Worker, continuation, steps, store
+from flows.store import steps as step_store
 from tests.acceptance.fleet_harness import wait_until
 from tests.conftest import on_citus
 
@@ -103,11 +104,11 @@ def stamped(ctx: flows.WorkflowContext, rounds: int) -> list[str]:
     return seen
 
 
-def step_once(worker: Worker, db_url: str, shard: str) -> store.ReplayState | None:
+def step_once(worker: Worker, db_url: str, shard: str) -> step_store.ReplayState | None:
     """Claim and replay one task of ``shard`` with ``worker``'s step writer
     (its memory included), as its loop would."""
     with psycopg.connect(db_url, autocommit=True) as conn, store.StepTransaction(conn) as tx:
-        claimed = store.claim_replay(tx, shard, [1], worker.steps.whole_below)
+        claimed = step_store.claim_replay(tx, shard, [1], worker.steps.whole_below)
         if claimed.state is not None:
             worker.steps.advance(tx, claimed.state, None)
         return claimed.state

@@ -17,6 +17,7 @@ import pytest
 import flows
 from flows import ANY_TENANT, Engine, Worker
 from flows.explain import why
+from flows.store import ops as ops_store
 from tests import console_app as app
 from tests.webapp_support import wait_for
 
@@ -283,8 +284,6 @@ def test_fleet_and_why_see_a_shard_no_worker_serves(engine: Engine, start_worker
 def test_the_list_walks_indexes_on_a_filled_table(engine: Engine, db: psycopg.Connection[Any]) -> None:
     """EXPLAIN of a page and of a status filter on 30,000 workflows: index
     scans that stop after the page, no sort or scan of the whole table."""
-    from flows import store
-
     db.execute(
         "INSERT INTO workflows (name, id, tenant_id, status, created_at)"
         " SELECT 'bulk-shard-' || (i %% 3), gen_random_uuid(), %s,"
@@ -305,8 +304,8 @@ def test_the_list_walks_indexes_on_a_filled_table(engine: Engine, db: psycopg.Co
             return super().execute(query, params, **kw)
 
     with psycopg.connect(engine.dsn, autocommit=True, cursor_factory=Explaining) as conn:
-        store.list_workflows(conn, shards, limit=1000)
-        store.list_workflows(conn, shards, limit=50, status="running")
+        ops_store.list_workflows(conn, shards, limit=1000)
+        ops_store.list_workflows(conn, shards, limit=50, status="running")
     assert "workflows_by_created" in captured[0] and "workflows_by_status" in captured[1]
     for plan in captured:
         assert "Seq Scan on workflows" not in plan

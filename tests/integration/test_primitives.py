@@ -16,6 +16,10 @@ import uuid6
 import flows
 from flows import Engine, Worker, context, store
 from flows.steps import ReplayBudget, StepWriter
+from flows.store import carry as carry_store
+from flows.store import client as client_store
+from flows.store import leases as lease_store
+from flows.store import steps as step_store
 from tests import primitives_app
 from tests.integration.conftest import Spawn
 from tests.integration.test_crashes import wait_until
@@ -63,7 +67,7 @@ def test_a_step_leases_only_as_many_activities_as_slots_it_reserved(engine: Engi
                         lambda: False, ReplayBudget(0), shards=engine.shards)
     with psycopg.connect(db_url, autocommit=True) as conn:
         with store.StepTransaction(conn) as tx:
-            claimed = store.claim_replay(tx, run.workflow_name_sharded, [1], owner="me")
+            claimed = step_store.claim_replay(tx, run.workflow_name_sharded, [1], owner="me")
             assert claimed.state is not None
             leased, _ = writer.advance(tx, claimed.state, "me", slots=1)
     assert len(leased) == 1 and leased[0].sequence_num == 1
@@ -122,19 +126,19 @@ def test_children_run_on_their_own_shards_and_their_ends_reach_the_parent(
     assert db.execute("SELECT count(*) FROM task_queue").fetchone() == (0,)
 
 
-def step_then_claim_carry(engine: Engine, db_url: str, run: flows.Execution, wf: Any, owner: str) -> store.Carry:
+def step_then_claim_carry(engine: Engine, db_url: str, run: flows.Execution, wf: Any, owner: str) -> carry_store.Carry:
     """Write the parent's first step (it asks for a child) and lease its
     `child` task to ``owner``, as a worker about to carry it would."""
     shard = run.workflow_name_sharded
     writer = StepWriter({(wf.name, 1): wf}, {}, lambda: False, ReplayBudget(0), shards=engine.shards)
     with psycopg.connect(db_url, autocommit=True) as conn:
         with store.StepTransaction(conn) as tx:
-            claimed = store.claim_replay(tx, shard, [1], owner="me")
+            claimed = step_store.claim_replay(tx, shard, [1], owner="me")
             assert claimed.state is not None
             writer.advance(tx, claimed.state, None, slots=0)
         with store.StepTransaction(conn) as tx:
-            carry = store.claim_replay(tx, shard, [1], owner=owner).carry
-    assert carry is not None and isinstance(carry.info, store.ChildInfo)
+            carry = step_store.claim_replay(tx, shard, [1], owner=owner).carry
+    assert carry is not None and isinstance(carry.info, carry_store.ChildInfo)
     return carry
 
 
@@ -145,14 +149,14 @@ def test_a_child_started_twice_is_started_once(engine: Engine, db_url: str, db: 
     run = engine.start(parent, ["ok"])
     shard = run.workflow_name_sharded
     carry = step_then_claim_carry(engine, db_url, run, parent, "doomed")
-    assert isinstance(carry.info, store.ChildInfo)
+    assert isinstance(carry.info, carry_store.ChildInfo)
     info = carry.info
     with psycopg.connect(db_url, autocommit=True) as conn:
-        first = store.run(conn, store.start_workflow(shard=info.child_name, workflow_id=info.child_id,
+        first = store.run(conn, client_store.start_workflow(shard=info.child_name, workflow_id=info.child_id,
                                                      tenant_id=info.tenant_id, version=1, input=b'["c0", "ok"]',
                                                      parent=(shard, run.workflow_id, 1)))
         assert first == "created"
-        store.release_leases(conn, [shard], "doomed")  # as a supervisor does for a dead worker
+        lease_store.release_leases(conn, [shard], "doomed")  # as a supervisor does for a dead worker
     start_worker(primitives_app.ALL_WORKFLOWS, primitives_app.ALL_ACTIVITIES)
     assert engine.result(run.workflow_name, run.workflow_id, timeout=30) == ["c0 by child"]
     assert db.execute("SELECT count(*) FROM workflows WHERE parent_id = %s", (run.workflow_id,)).fetchone() == (1,)
@@ -212,7 +216,7 @@ def test_a_signal_wait_times_out_or_gets_the_signal_and_replays_the_same(
     # the signal won: its timer is gone with its task
     assert db.execute("SELECT count(*) FROM timers WHERE workflow_id = %s", (on_time.workflow_id,)).fetchone() == (0,)
     for run, expected in ((late, b'"timed out"'), (on_time, b'"approved by ann"')):
-        state = store.replay_state(db, run.workflow_name_sharded, run.workflow_id)
+        state = step_store.replay_state(db, run.workflow_name_sharded, run.workflow_id)
         assert state is not None and state.events is not None
         for _ in range(2):  # replayed from its recorded history, again and again: the same branch
             outcome = context.replay(approval, workflow_id=run.workflow_id, workflow_name=run.workflow_name_sharded,

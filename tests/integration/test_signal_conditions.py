@@ -12,7 +12,8 @@ import pytest
 import uuid6
 
 import flows
-from flows import Engine, Worker, store
+from flows import Engine, Worker
+from flows.store import client as client_store
 from tests.engine_app import documents
 from tests.integration.test_engine import rows, wait_for
 
@@ -163,7 +164,7 @@ def test_conditions_on_an_ended_or_missing_workflow(engine: Engine, db: psycopg.
 
 
 def _send_in(conn: psycopg.Connection[Any], run: flows.Execution, engine: Engine, **conditions: Any) -> Any:
-    return store.send_signal(
+    return client_store.send_signal(
         conn, shard=run.workflow_name_sharded, workflow_id=run.workflow_id, tenant_id=None, signal_id=uuid6.uuid7(),
         name="doc-a", payload=b'"first"', task_id=uuid6.uuid7(), **conditions)
 

@@ -12,6 +12,8 @@ import psycopg
 
 import flows
 from flows import Engine, Worker, sharding, store
+from flows.store import fleet as fleet_store
+from flows.store import leases as lease_store
 from tests import engine_app, fleet_app
 from tests.acceptance.fleet_harness import wait_until
 
@@ -45,7 +47,8 @@ def _lease(db: psycopg.Connection[Any], engine: Engine, start_worker: Callable[.
     wait_until(lambda: db.execute("SELECT 1 FROM task_queue WHERE task_type = 'activity'").fetchone())
     replayer.stop()
     shards = engine.shard_names("fleet-order")
-    leased = [task for shard in shards for task in store.claim_activities(db, shard, ["fleet-effect"], owner, 10)[0]]
+    leased = [task for shard in shards
+              for task in lease_store.claim_activities(db, shard, ["fleet-effect"], owner, 10)[0]]
     assert len(leased) == 1
     return shards
 
@@ -58,11 +61,11 @@ def test_release_worker_frees_its_leases_and_forgets_it(
     db: psycopg.Connection[Any], engine: Engine, start_worker: Callable[..., Worker]
 ) -> None:
     shards = _lease(db, engine, start_worker, "gone:1")
-    store.register_worker(db, owner="gone:1", pid=1, host="gone", shard_group="0,1,2", shards=shards)
-    assert store.release_worker(db, "gone:1", shards) == 1
+    fleet_store.register_worker(db, owner="gone:1", pid=1, host="gone", shard_group="0,1,2", shards=shards)
+    assert fleet_store.release_worker(db, "gone:1", shards) == 1
     assert leased_to(db, "gone:1") == 0 and beats(db) == []
     assert db.execute("SELECT count(*) FROM task_queue WHERE visibility_timeout <= now()").fetchone() == (1,)
-    assert store.release_worker(db, "gone:1", shards) == 0
+    assert fleet_store.release_worker(db, "gone:1", shards) == 0
 
 
 def test_only_stale_workers_not_known_alive_are_swept(
@@ -70,13 +73,13 @@ def test_only_stale_workers_not_known_alive_are_swept(
 ) -> None:
     shards = _lease(db, engine, start_worker, "stale:1")
     for owner in ("stale:1", "fresh:2", "alive-but-silent:3"):
-        store.register_worker(db, owner=owner, pid=1, host="h", shard_group="0,1,2", shards=shards)
+        fleet_store.register_worker(db, owner=owner, pid=1, host="h", shard_group="0,1,2", shards=shards)
     db.execute("UPDATE worker_heartbeats SET last_beat = now() - interval '1 minute' WHERE owner <> 'fresh:2'")
 
-    assert store.release_stale_workers(db, 30, alive=["alive-but-silent:3"]) == [("stale:1", 1)]
+    assert fleet_store.release_stale_workers(db, 30, alive=["alive-but-silent:3"]) == [("stale:1", 1)]
     assert [row[0] for row in beats(db)] == ["alive-but-silent:3", "fresh:2"]
     assert leased_to(db, "stale:1") == 0
-    assert store.release_stale_workers(db, 30, alive=["alive-but-silent:3"]) == []
+    assert fleet_store.release_stale_workers(db, 30, alive=["alive-but-silent:3"]) == []
 
 
 @flows.workflow("t-nap")
@@ -103,7 +106,7 @@ def test_a_worker_alone_on_its_shards_announces_its_news_to_itself(
             return [n.payload for n in listener.notifies(timeout=0.3)]
 
         assert payloads_of_a_nap() == [store.REPLAY_WORK]  # the start's only: the timer's stayed in the worker
-        store.register_worker(db, owner="other:1", pid=1, host="other", shard_group="0,1,2", shards=shards)
+        fleet_store.register_worker(db, owner="other:1", pid=1, host="other", shard_group="0,1,2", shards=shards)
         def last_beat() -> Any:
             return next(b[5] for b in beats(db) if b[0] == worker.owner)
 

@@ -11,19 +11,8 @@ import pytest
 
 from flows.errors import InvalidInput
 from flows.explain import span, why
-from flows.operations import (
-    Activity,
-    Attempt,
-    DeadLetterEntry,
-    ShardWorker,
-    Signal,
-    Task,
-    Timer,
-    WorkflowDetail,
-    decode_cursor,
-    parse_duration,
-    plan_retry,
-)
+from flows.ops.detail import Activity, Attempt, DeadLetterEntry, ShardWorker, Signal, Task, Timer, WorkflowDetail
+from flows.ops.workflows import decode_cursor, parse_duration, plan_retry
 
 NOW = datetime(2024, 5, 1, 17, 2, 0, tzinfo=UTC)
 SHARD = "loan-application-shard-2"

@@ -9,15 +9,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import flows
-from flows import schedules, store
+from flows import schedules
 from flows.errors import InvalidInput
+from flows.store import schedules as schedule_store
 
 T0 = datetime(2024, 3, 30, 12, 0, 0, tzinfo=UTC)
 
 
 def row(catch_up: str = "latest", overlap: str = "allow", buffered: datetime | None = None,
-        cron: str = "* * * * * *") -> store.ScheduleRow:
-    return store.ScheduleRow("s", flows.DEFAULT_TENANT_ID, "w", 1, None, cron, "UTC",
+        cron: str = "* * * * * *") -> schedule_store.ScheduleRow:
+    return schedule_store.ScheduleRow("s", flows.DEFAULT_TENANT_ID, "w", 1, None, cron, "UTC",
                              overlap, catch_up, False, T0, buffered, None, None, 0, 0, T0, T0)
 
 
