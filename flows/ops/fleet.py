@@ -3,9 +3,11 @@
 - ``fleet``: the workers (from their heartbeats) and each shard's queue
   (``Engine.fleet``, the console's fleet page); ``shard_gauges``: the
   metrics endpoint's gauges; ``counts``: ``flows status``.
-- The supervisor's database work, on a ``connect``-ed connection:
-  ``check`` (at start-up), ``probe``, ``release_worker`` (a worker it saw
-  die) and ``release_stale`` (workers elsewhere whose heartbeats stopped).
+- The supervisor's database work, run by its helper thread
+  (flows/supervisor/database.py) on a ``connect``-ed connection, where no
+  wait is unbounded: ``check`` (at start-up), ``probe``,
+  ``release_worker`` (a worker it saw die) and ``release_stale`` (workers
+  elsewhere whose heartbeats stopped).
 
 Each raises DatabaseError (flows.errors) for what the database refused or
 could not answer, never a psycopg error.
@@ -93,9 +95,10 @@ def counts(db: Database) -> dict[str, dict[str, dict[str, int]]]:
 
 
 def connect(dsn: str, *, seconds: float) -> store.Conn:
-    """An autocommit connection for the supervisor (or the metrics
-    endpoint), failing fast when the server does not answer."""
-    return store.connect(dsn, autocommit=True, timeout_seconds=seconds)
+    """A connection of the supervisor's helper (or the metrics endpoint's)
+    on which no wait lasts much beyond ``seconds`` (connect, statement,
+    lock, a silent network: ``store.connect_bounded``)."""
+    return store.connect_bounded(dsn, seconds=seconds)
 
 
 def check(conn: Any) -> list[str]:

@@ -33,6 +33,7 @@ from flows.store.connections import (
     check_dsn,
     connect,
     connect_async,
+    connect_bounded,
     connection_error,
     database_now,
     describe,
@@ -53,7 +54,7 @@ from flows.store.statements import Statement, StepTransaction, arun, run
 __all__ = [
     "ACTIVITY_WORK", "ANY_WORK", "CONNECT_TIMEOUT_SECONDS", "REPLAY_WORK", "TRANSIENT_ERRORS", "AsyncConn", "Conn",
     "PoolTimeout", "Statement", "StepTransaction", "arun", "check_dsn", "connect", "connect_async",
-    "connection_error", "database_now", "describe", "listen", "listen_async", "log_error",
+    "connect_bounded", "connection_error", "database_now", "describe", "listen", "listen_async", "log_error",
     "notify", "open_async_pool", "open_pool", "ping", "refused_by_database", "run", "wait_notify_async",
     "within_callers_transaction", "wrapped"
 ]

@@ -117,6 +117,32 @@ def connect(dsn: str, *, autocommit: bool = False, timeout_seconds: float | None
         raise connection_error(dsn, exc) from exc
 
 
+def connect_bounded(dsn: str, *, seconds: float) -> Conn:
+    """An autocommit connection on which no wait lasts much beyond
+    ``seconds``: connecting (connect_timeout), a statement and the locks it
+    waits for (statement_timeout), and a server or network that went
+    silent (TCP keepalives, and tcp_user_timeout for data sent but never
+    acknowledged: without them a read on a dead connection waits for
+    hours). For a process that must not hang on the database: the
+    supervisor's helper, the metrics endpoint. DatabaseError as
+    ``connect``'s."""
+    whole = max(1, round(seconds))
+    # Keepalives and tcp_user_timeout are TCP's: libpq ignores them on a Unix socket.
+    tcp: dict[str, Any] = {"keepalives": 1, "keepalives_idle": whole, "keepalives_interval": 1, "keepalives_count": 3,
+           "tcp_user_timeout": whole * 1000}
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=whole, **tcp)
+    except (psycopg.Error, UnicodeError) as exc:
+        raise connection_error(dsn, exc) from exc
+    try:
+        with wrapped():
+            conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(round(seconds * 1000))))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def open_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "flows", check: bool = False,
     statement_timeout: float | None = None, idle_in_transaction_timeout: float | None = None,

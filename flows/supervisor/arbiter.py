@@ -2,10 +2,14 @@
 
 Signal handlers only record (Python writes each signal's number to a
 wake-up pipe); the loop reads the pipe and acts. Each turn it reaps every
-dead child, releases a dead worker's leases at once (it knows the owner and
-shards each worker announced), restarts what is missing, with a growing
-back-off for a worker that keeps dying at start-up, and now and then
-releases the leases of workers elsewhere whose heartbeats went stale.
+dead child, has a dead worker's leases released at once (it knows the owner
+and shards each worker announced), restarts what is missing, with a growing
+back-off for a worker that keeps dying at start-up, and now and then has
+the leases of workers elsewhere whose heartbeats went stale released.
+
+The loop itself never touches the database: that work goes to a helper
+thread (``database.Helper``) whose answers wake the loop on a pipe it
+selects on with the others, each job under a deadline.
 
 Workers come in generations: SIGHUP (new code), SIGTTIN and SIGTTOU (a new
 split of the shards) start a new generation beside the old one, and the old
@@ -23,13 +27,11 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from flows import metrics, sharding
-from flows.errors import DatabaseError, DatabaseUnavailable, FlowsError
-from flows.ops import fleet as fleet_ops
 from flows.supervisor import child as childproc
 from flows.supervisor.child import Ready, WorkerSpec
+from flows.supervisor.database import Answer, Helper, Job, ready_to_start
 from flows.supervisor.exits import EXIT_BOOT_ERROR, EXIT_DATABASE, EXIT_OK, ChildExit, classify, signal_name
 
 log = logging.getLogger("supervisor")
@@ -39,9 +41,9 @@ IMMEDIATE_KILL_SECONDS = 5.0  # SIGQUIT, then SIGKILL after this long
 BOOT_BACKOFF_INITIAL_SECONDS = 0.5  # doubled for each consecutive start-up failure
 BOOT_BACKOFF_MAX_SECONDS = 30.0
 MIN_UPTIME_SECONDS = 5.0  # a worker that exits with an error sooner crashed at start-up
-DB_TIMEOUT_SECONDS = 5.0
 STARTUP_DB_WAIT_SECONDS = float(os.environ.get("FLOWS_STARTUP_DB_WAIT_SECONDS", "10"))
 RELEASE_RETRY_SECONDS = 1.0
+DRAIN_SECONDS = 5.0  # at exit, how long the releases of the last workers' leases may take
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class Arbiter:
         self._release_at = 0.0
         self._sweep_seconds = max(1.0, config.stale_seconds / 2)
         self._sweep_at = 0.0
-        self._db: Any = None
+        self._sweeping = False  # a probe or sweep job is queued or in flight
+        self._db = Helper(config.dsn, self.SIGNALS)
         self._db_ok_since: float | None = None
         self._wake_r = self._wake_w = -1
 
@@ -113,6 +116,7 @@ class Arbiter:
 
     def run(self) -> int:
         if not self._check_database():
+            self._db.stop()
             return EXIT_DATABASE
         self._install_signals()
         log.info(
@@ -128,17 +132,20 @@ class Arbiter:
                 ready = self._sleep(self._next_wakeup())
                 self._handle_signals()
                 self._read_children(ready)
+                self._read_database(ready)
                 self._reap_workers()
                 self._release_dead()
                 self._sweep_stale()
                 self._murder_overdue()
+                self._database_jobs()
+            self._drain_database()
         except BaseException:
             log.exception("supervisor-crashed: killing the workers")
             for c in list(self.children.values()):
                 self._kill(c, signal.SIGKILL)
             raise
         finally:
-            self._close_db()
+            self._db.stop()
             self._restore_signals()
         log.info("supervisor-stop exit_code=%s", self.exit_code)
         return self.exit_code
@@ -168,6 +175,9 @@ class Arbiter:
             times.append(self._sweep_at)
         if self._pending_release:
             times.append(self._release_at)
+        job_deadline = self._db.deadline()
+        if job_deadline is not None:
+            times.append(job_deadline)
         times += [c.kill_at for c in self.children.values() if c.kill_at is not None]
         if not self.stopping:
             times += [self.slots[s].spawn_at for s in self._missing_slots() if s in self.slots]
@@ -175,6 +185,7 @@ class Arbiter:
 
     def _sleep(self, timeout: float) -> list[int]:
         fds = [self._wake_r] + [c.sock.fileno() for c in self.children.values() if c.sock is not None]
+        fds.append(self._db.fileno())
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
@@ -262,10 +273,8 @@ class Arbiter:
         cfg = self.config
         spec = WorkerSpec(cfg.app, cfg.dsn, cfg.shards, self.current.layout[slot], cfg.concurrency,
                           cfg.graceful_timeout)
-        self._close_db()  # a child must never inherit a connection
-        inherited = [self._wake_r, self._wake_w] + [c.sock.fileno() for c in self.children.values() if c.sock]
         try:
-            pid, sock = childproc.fork_worker(spec, self.SIGNALS, inherited)
+            pid, sock = childproc.fork_worker(spec, self.SIGNALS, self._inherited())
         except OSError as exc:  # out of processes or memory: try again later
             state = self.slots.setdefault(slot, _Slot())
             state.spawn_at = time.monotonic() + BOOT_BACKOFF_MAX_SECONDS / 10
@@ -380,98 +389,99 @@ class Arbiter:
             else:
                 self._retire(c, signal.SIGQUIT, IMMEDIATE_KILL_SECONDS)
 
-    # -- the database ----------------------------------------------------------
+    # -- the database: jobs for the helper, never I/O of the loop's own ---------
+
+    def _inherited(self) -> list[int]:
+        """The descriptors a forked worker must close: the wake-up pipe, the
+        other workers' sockets, the database helper's pipe and connection."""
+        return ([self._wake_r, self._wake_w] + [c.sock.fileno() for c in self.children.values() if c.sock]
+                + self._db.fds())
 
     def _check_database(self) -> bool:
-        """Wait a little for the database at start-up; refuse to start
-        without it, with migrations pending, or when a migration file
-        changed after it was applied."""
-        deadline = time.monotonic() + STARTUP_DB_WAIT_SECONDS
-        while True:
-            try:
-                pending = fleet_ops.check(self._conn())
-                break
-            except DatabaseError as exc:
-                self._close_db()
-                # A connection string that cannot work fails at once; a server
-                # that does not answer may be starting with us: wait a little.
-                if not isinstance(exc, DatabaseUnavailable) or time.monotonic() >= deadline:
-                    log.error("database-unreachable error=%s", exc)
-                    return False
-                time.sleep(0.5)
-            except FlowsError as exc:  # a changed migration file, or none found
-                log.error("database-migrations-refused error=%s", exc)
-                return False
-        if pending:
-            log.error("database-not-migrated: run `flows migrate` first (pending: %s)", ", ".join(pending))
+        if not ready_to_start(self._db, STARTUP_DB_WAIT_SECONDS):
             return False
         self._db_ok_since = time.monotonic()
         return True
 
-    def _conn(self) -> Any:
-        if self._db is None or self._db.closed:
-            self._db = fleet_ops.connect(self.config.dsn, seconds=DB_TIMEOUT_SECONDS)
-        return self._db
+    def _database_jobs(self) -> None:
+        """Send the helper its next job; give up on one past its deadline."""
+        self._answered(self._db.overdue(time.monotonic()))
+        self._answered(self._db.pump())
 
-    def _close_db(self) -> None:
-        if self._db is not None:
-            try:
-                self._db.close()
-            except Exception:  # noqa: BLE001 - it may be broken already
-                pass
-            self._db = None
+    def _read_database(self, ready_fds: list[int]) -> None:
+        if self._db.fileno() in ready_fds:
+            self._answered(self._db.read())
 
-    def _db_failed(self, what: str, exc: Exception) -> None:
-        log.warning("database-unavailable during=%s error=%s", what, exc)
-        self._db_ok_since = None
-        self._close_db()
+    def _answered(self, answers: list[Answer]) -> None:
+        now = time.monotonic()
+        for a in answers:
+            if a.ok:
+                self._db_ok_since = self._db_ok_since or now
+            else:
+                log.warning("database-unavailable during=%s error=%s", a.job.kind, a.error)
+                self._db_ok_since = None
+            if a.job.kind == "release":
+                self._released(a)
+            elif a.job.kind == "sweep":
+                self._sweeping = False
+                for owner, released in a.value or []:
+                    log.warning("stale-worker-released owner=%s leases=%s", owner, released)
+                    metrics.leases_released(released, "stale")
+            elif a.job.kind == "probe":
+                self._sweeping = False
+
+    def _released(self, a: Answer) -> None:
+        dead: Ready = a.job.context
+        if not a.ok:  # retried while the database is away (the leases would run out anyway)
+            self._pending_release.append(dead)
+            self._release_at = time.monotonic() + RELEASE_RETRY_SECONDS
+        elif a.value:
+            log.warning("leases-released owner=%s count=%s", dead.owner, a.value)
+            metrics.leases_released(a.value, "exited")
 
     def _release_dead(self) -> None:
-        """Make the tasks leased by dead workers due at once (retried while
-        the database is away; their leases would run out anyway)."""
+        """Have the tasks leased by dead workers made due at once."""
         if not self._pending_release or time.monotonic() < self._release_at:
             return
-        while self._pending_release:
-            dead = self._pending_release[0]
-            try:
-                released = fleet_ops.release_worker(self._conn(), dead.owner, dead.shards)
-            except DatabaseError as exc:
-                self._db_failed("release", exc)
-                self._release_at = time.monotonic() + RELEASE_RETRY_SECONDS
-                return
-            self._pending_release.pop(0)
-            self._db_ok_since = self._db_ok_since or time.monotonic()
-            if released:
-                log.warning("leases-released owner=%s count=%s", dead.owner, released)
-                metrics.leases_released(released, "exited")
+        for dead in self._pending_release:
+            self._db.submit(Job("release", (dead.owner, dead.shards), context=dead))
+        self._pending_release.clear()
 
     def _sweep_stale(self) -> None:
-        """Release the leases of workers elsewhere whose heartbeats stopped.
+        """Have the leases of workers elsewhere whose heartbeats stopped released.
 
         Only judged after this supervisor has itself reached the database for
         a full stale period: after an outage everyone's last beat is old."""
         now = time.monotonic()
-        if self.stopping or now < self._sweep_at:
+        if self.stopping or now < self._sweep_at or self._sweeping:
             return
         self._sweep_at = now + self._sweep_seconds
         if self._db_ok_since is None:
-            try:
-                fleet_ops.probe(self._conn())
-                self._db_ok_since = now
-            except DatabaseError as exc:
-                self._db_failed("sweep", exc)
+            self._db.submit(Job("probe"))
+        elif now - self._db_ok_since >= self.config.stale_seconds:
+            alive = [c.ready.owner for c in self.children.values() if c.ready is not None]
+            self._db.submit(Job("sweep", (self.config.stale_seconds, alive)))
+        else:
             return
-        if now - self._db_ok_since < self.config.stale_seconds:
-            return
-        alive = [c.ready.owner for c in self.children.values() if c.ready is not None]
-        try:
-            swept = fleet_ops.release_stale(self._conn(), self.config.stale_seconds, alive)
-        except DatabaseError as exc:
-            self._db_failed("sweep", exc)
-            return
-        for owner, released in swept:
-            log.warning("stale-worker-released owner=%s leases=%s", owner, released)
-            metrics.leases_released(released, "stale")
+        self._sweeping = True
+
+    def _drain_database(self) -> None:
+        """The last workers are gone: give the releases of their leases (and
+        any retried) up to DRAIN_SECONDS, then leave what is left to the
+        leases' own expiry."""
+        self._release_at = 0.0
+        self._release_dead()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while len(self._db) and time.monotonic() < deadline:
+            self._database_jobs()
+            wait = min(deadline, self._db.deadline() or deadline) - time.monotonic()
+            ready, _, _ = select.select([self._db.fileno()], [], [], max(0.0, wait))
+            self._read_database(ready)
+            if self._pending_release:  # a release failed: no more retries now
+                break
+        unanswered = ([self._db.in_flight] if self._db.in_flight else []) + self._db.queue
+        for dead in self._pending_release + [j.context for j in unanswered if j.kind == "release"]:
+            log.warning("leases-not-released owner=%s: they are due again when they run out", dead.owner)
 
 
 def _record(signum: int, frame: object) -> None:
