@@ -8,6 +8,7 @@ needs psycopg, psycopg-pool, msgspec and uuid6 only.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from flows.errors import MissingExtra
@@ -23,8 +24,20 @@ def require(module: str, extra: str, feature: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         if exc.name is None or module.split(".")[0] != exc.name.split(".")[0]:
             raise
-        raise MissingExtra(
-            f"{feature} needs the {module.split('.')[0]!r} package, part of the {extra!r} extra:"
-            f" pip install '{DISTRIBUTION}[{extra}]'",
-            name=exc.name,
-        ) from None
+        raise _missing(module, extra, feature, exc.name) from None
+
+
+def check(module: str, extra: str, feature: str) -> None:
+    """``require`` without importing ``module``: for a package that must not
+    be imported yet (prometheus_client reads its multiprocess directory
+    once, when first imported)."""
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        raise _missing(module, extra, feature, module.split(".")[0])
+
+
+def _missing(module: str, extra: str, feature: str, name: str) -> MissingExtra:
+    return MissingExtra(
+        f"{feature} needs the {module.split('.')[0]!r} package, part of the {extra!r} extra:"
+        f" pip install '{DISTRIBUTION}[{extra}]'",
+        name=name,
+    )

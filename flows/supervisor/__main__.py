@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--metrics-port (FLOWS_METRICS_PORT) must be a TCP port, 1..65535 (0: off)")
     try:
         if args.metrics_port:
-            extras.require("prometheus_client", "metrics", "--metrics-port (FLOWS_METRICS_PORT)")
+            # Not imported yet: it must first see the fleet's metrics directory (below).
+            extras.check("prometheus_client", "metrics", "--metrics-port (FLOWS_METRICS_PORT)")
         dsn = os.environ.get("DATABASE_URL") or embedded.database_url()
     except MissingExtra as exc:
         p.error(str(exc))
